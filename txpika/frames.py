@@ -1,0 +1,344 @@
+"""AMQP frames: encoding, and a decoder that tells "need more bytes" from "broken bytes".
+
+A frame on the wire is ``type:octet channel:short size:long payload[size] 0xCE``. The
+decoder is fed with `FrameDecoder.receive_data` and drained with `FrameDecoder.next_frame`,
+which returns a frame, or `NEED_DATA` when the bytes so far do not hold a whole frame. A frame
+that can never be valid raises `FrameDecodeError`, a `txpika.errors.ProtocolError` whose
+``reply_code`` is what the client must send in ``connection.close``:
+
+* 501 (frame error): unknown frame type, missing frame-end octet, a frame larger than the
+  negotiated ``frame_max``, a heartbeat with a payload or on a channel other than 0;
+* 502 (syntax error): method or header arguments that are truncated, overlong or not valid;
+* 503 (command invalid): an unknown class or method id, or a content header for a class that
+  has no content.
+
+After an error the decoder is broken for good: every later call raises the same error.
+Memory is bounded: the decoder never holds more than the bytes it was given, and it rejects
+a frame whose header announces more than ``frame_max`` before buffering its payload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from struct import Struct
+from struct import error as struct_error
+from typing import Final
+
+from txpika._specbase import Dialect, Method, Properties
+from txpika._wire import EncodeError, WireError
+from txpika.errors import (
+    COMMAND_INVALID,
+    FRAME_ERROR,
+    SYNTAX_ERROR,
+    ProtocolError,
+)
+
+__all__ = [
+    "FRAME_BODY",
+    "FRAME_END",
+    "FRAME_HEADER",
+    "FRAME_HEARTBEAT",
+    "FRAME_METHOD",
+    "FRAME_MIN_SIZE",
+    "HEARTBEAT",
+    "NEED_DATA",
+    "BodyFrame",
+    "Frame",
+    "FrameDecodeError",
+    "FrameDecoder",
+    "HeaderFrame",
+    "HeartbeatFrame",
+    "MethodFrame",
+    "content_frames",
+    "encode_body",
+    "encode_content",
+    "encode_header",
+    "encode_method",
+]
+
+FRAME_METHOD: Final = 1
+FRAME_HEADER: Final = 2
+FRAME_BODY: Final = 3
+FRAME_HEARTBEAT: Final = 8
+FRAME_END: Final = 0xCE
+FRAME_MIN_SIZE: Final = 4096
+#: Frame header (7 octets) and frame end (1 octet).
+FRAME_OVERHEAD: Final = 8
+#: The largest frame accepted before ``connection.tune`` settles ``frame_max``.
+INITIAL_FRAME_MAX: Final = 131072
+
+_FRAME_HEADER = Struct(">BHI")
+_IDS = Struct(">I")
+_CONTENT_HEADER = Struct(">HHQ")
+_END = b"\xce"
+HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by `FrameDecoder.next_frame` while the buffered bytes hold no whole frame.
+NEED_DATA: Final = _NeedData()
+
+
+class FrameDecodeError(ProtocolError):
+    """Bytes that can never form a valid frame; ``reply_code`` is the code to close with."""
+
+    def __init__(self, reply_code: int, text: str, class_id: int = 0, method_id: int = 0):
+        super().__init__(reply_code, text, class_id, method_id)
+
+
+@dataclass(frozen=True, slots=True)
+class MethodFrame:
+    """A method on ``channel``."""
+
+    channel: int
+    method: Method
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderFrame:
+    """A content header: the size of the body that follows and its properties."""
+
+    channel: int
+    class_id: int
+    body_size: int
+    properties: Properties
+
+
+@dataclass(frozen=True, slots=True)
+class BodyFrame:
+    """A piece of content body."""
+
+    channel: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatFrame:
+    """A heartbeat (always on channel 0)."""
+
+    channel: int = 0
+
+
+Frame = MethodFrame | HeaderFrame | BodyFrame | HeartbeatFrame
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames of one dialect.
+
+    ``frame_max`` is the largest whole frame accepted (header and end octet included); 0
+    means no limit. Set it after ``connection.tune``.
+    """
+
+    __slots__ = ("_buf", "_error", "_extra", "_extra_len", "_methods", "_need", "_pos",
+                 "_properties", "frame_max")
+
+    def __init__(self, dialect: Dialect, frame_max: int = INITIAL_FRAME_MAX) -> None:
+        self._methods = dialect.methods
+        self._properties = dialect.properties
+        self.frame_max = frame_max
+        self._buf = b""
+        self._pos = 0
+        self._extra: list[bytes] = []
+        self._extra_len = 0
+        self._need = 7
+        self._error: FrameDecodeError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes are not yet decoded."""
+        return len(self._buf) - self._pos + self._extra_len
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes from the peer. They are decoded by `next_frame`."""
+        if not data:
+            return
+        if self._pos >= len(self._buf):
+            self._buf = bytes(data)
+            self._pos = 0
+        else:
+            self._extra.append(bytes(data))
+            self._extra_len += len(data)
+
+    def next_frame(self) -> Frame | _NeedData:
+        """The next whole frame, or `NEED_DATA`.
+
+        Raises `FrameDecodeError` for bytes that can never be a valid frame.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        pos = self._pos
+        if self._extra:
+            if len(buf) - pos + self._extra_len < self._need:
+                return NEED_DATA
+            self._extra.insert(0, buf[pos:])
+            buf = self._buf = b"".join(self._extra)
+            pos = self._pos = 0
+            self._extra.clear()
+            self._extra_len = 0
+        available = len(buf) - pos
+        if available < 7:
+            self._need = 7
+            return NEED_DATA
+        kind, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
+        frame_max = self.frame_max
+        if frame_max and size + FRAME_OVERHEAD > frame_max:
+            return self._fail(
+                FRAME_ERROR, f"frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}"
+            )
+        end = pos + 7 + size
+        if end >= len(buf):
+            self._need = size + FRAME_OVERHEAD
+            return NEED_DATA
+        if buf[end] != FRAME_END:
+            return self._fail(FRAME_ERROR, f"frame end octet is {buf[end]:#04x}, not 0xce")
+        start = pos + 7
+        self._pos = end + 1
+        self._need = 7
+        if kind == FRAME_BODY:
+            return BodyFrame(channel, buf[start:end])
+        if kind == FRAME_METHOD:
+            return MethodFrame(channel, self._decode_method(buf[start:end]))
+        if kind == FRAME_HEADER:
+            return self._decode_header(channel, buf[start:end])
+        if kind == FRAME_HEARTBEAT:
+            if channel or size:
+                return self._fail(FRAME_ERROR, "heartbeat frame on a channel or with a payload")
+            return HeartbeatFrame()
+        return self._fail(FRAME_ERROR, f"unknown frame type {kind}")
+
+    def _fail(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> _NeedData:
+        self._error = FrameDecodeError(code, text, class_id, method_id)
+        raise self._error
+
+    def _decode_method(self, payload: bytes) -> Method:
+        if len(payload) < 4:
+            self._fail(SYNTAX_ERROR, f"method frame of {len(payload)} bytes has no method id")
+        (index,) = _IDS.unpack_from(payload)
+        cls = self._methods.get(index)
+        class_id, method_id = index >> 16, index & 0xFFFF
+        if cls is None:
+            self._fail(COMMAND_INVALID, f"unknown method {class_id}.{method_id}",
+                       class_id, method_id)
+            raise AssertionError  # not reached; _fail raises
+        try:
+            method, offset = cls.decode(payload, 4)
+        except (WireError, struct_error, IndexError, ValueError) as exc:
+            self._fail(SYNTAX_ERROR, f"malformed {cls.NAME}: {_reason(exc)}", class_id, method_id)
+            raise AssertionError from None
+        if offset != len(payload):
+            self._fail(SYNTAX_ERROR,
+                       f"malformed {cls.NAME}: arguments end at {offset} of {len(payload)} bytes",
+                       class_id, method_id)
+        return method
+
+    def _decode_header(self, channel: int, payload: bytes) -> HeaderFrame:
+        if len(payload) < 14:
+            self._fail(SYNTAX_ERROR, f"content header of {len(payload)} bytes is truncated")
+        class_id, weight, body_size = _CONTENT_HEADER.unpack_from(payload)
+        cls = self._properties.get(class_id)
+        if cls is None:
+            self._fail(COMMAND_INVALID, f"content header for class {class_id}, which has none")
+            raise AssertionError
+        if weight:
+            self._fail(SYNTAX_ERROR, f"content header weight is {weight}, not 0")
+        try:
+            properties, offset = cls.decode(payload, 12)
+        except (WireError, struct_error, IndexError, ValueError) as exc:
+            self._fail(SYNTAX_ERROR, f"malformed content properties: {_reason(exc)}")
+            raise AssertionError from None
+        if offset != len(payload):
+            self._fail(SYNTAX_ERROR,
+                       f"content properties end at {offset} of {len(payload)} bytes")
+        return HeaderFrame(channel, class_id, body_size, properties)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, WireError):
+        return exc.reply_text
+    if isinstance(exc, (struct_error, IndexError)):
+        return "truncated"
+    return str(exc)
+
+
+def encode_method(channel: int, method: Method, frame_max: int = 0) -> bytes:
+    """One method frame. Raises `EncodeError` if it would exceed ``frame_max`` (0: no limit)."""
+    payload = method.encode()
+    if frame_max and len(payload) + FRAME_OVERHEAD > frame_max:
+        raise EncodeError(
+            f"{method.NAME} frame of {len(payload) + FRAME_OVERHEAD} bytes exceeds frame_max "
+            f"{frame_max}"
+        )
+    return _FRAME_HEADER.pack(FRAME_METHOD, channel, len(payload)) + payload + _END
+
+
+def encode_header(
+    channel: int, body_size: int, properties: Properties, frame_max: int = 0
+) -> bytes:
+    """One content header frame."""
+    payload = properties.encode()
+    size = len(payload) + 12
+    if frame_max and size + FRAME_OVERHEAD > frame_max:
+        raise EncodeError(
+            f"content header of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}"
+        )
+    return (
+        _FRAME_HEADER.pack(FRAME_HEADER, channel, size)
+        + _CONTENT_HEADER.pack(properties.CLASS_ID, 0, body_size)
+        + payload
+        + _END
+    )
+
+
+def encode_body(channel: int, payload: bytes | memoryview) -> list[bytes | memoryview]:
+    """One body frame, as its header, its payload (not copied) and its end octet."""
+    return [_FRAME_HEADER.pack(FRAME_BODY, channel, len(payload)), payload, _END]
+
+
+def encode_content(
+    channel: int,
+    method: Method,
+    properties: Properties,
+    body: bytes | bytearray | memoryview,
+    frame_max: int,
+) -> list[bytes | memoryview]:
+    """A method with content: method frame, header frame and body frames split by frame_max.
+
+    A body that fits one frame comes back as a list of one ``bytes``; a larger one as a list
+    whose body pieces are memoryviews of ``body`` (nothing is copied). Raises `EncodeError`
+    before producing anything if a frame would exceed ``frame_max`` (0: no limit).
+    """
+    return content_frames(
+        channel, encode_method(channel, method, frame_max), properties, body, frame_max
+    )
+
+
+def content_frames(
+    channel: int,
+    method_frame: bytes,
+    properties: Properties,
+    body: bytes | bytearray | memoryview,
+    frame_max: int,
+) -> list[bytes | memoryview]:
+    """Like `encode_content`, from an already encoded method frame."""
+    size = len(body)
+    head = method_frame + encode_header(channel, size, properties, frame_max)
+    chunk = frame_max - FRAME_OVERHEAD if frame_max else size
+    if size <= chunk:
+        if not size:
+            return [head]
+        return [b"".join((head, _FRAME_HEADER.pack(FRAME_BODY, channel, size), body, _END))]
+    view = memoryview(body)
+    parts: list[bytes | memoryview] = [head]
+    for start in range(0, size, chunk):
+        piece = view[start:start + chunk]
+        parts.append(_FRAME_HEADER.pack(FRAME_BODY, channel, len(piece)))
+        parts.append(piece)
+        parts.append(_END)
+    return parts
