@@ -1,0 +1,101 @@
+"""txpika: a Twisted-native AMQP 0-9-1 client (it also speaks 0-8).
+
+The public API is re-exported here; see README.rst and the docstrings of each name.
+Names that need Twisted (``connect``, ``AMQPProtocol``, ``Channel``...) are imported on
+first use, so that ``import txpika.blocking`` and the sans-IO core never import Twisted.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from txpika.auth import AMQPlainCredentials, ExternalCredentials, PlainCredentials
+from txpika.errors import (
+    AccessRefused,
+    AMQPError,
+    AuthenticationError,
+    ChannelClosed,
+    ChannelClosedByBroker,
+    ChannelClosedByClient,
+    ConnectionClosed,
+    ConnectionClosedByBroker,
+    ConnectionClosedByClient,
+    ConsumerCancelled,
+    FlowControlError,
+    HeartbeatTimeout,
+    NackError,
+    NotFound,
+    OutcomeUnknownError,
+    PreconditionFailed,
+    ProtocolError,
+    ResourceLocked,
+    UnroutableError,
+    UsageError,
+)
+from txpika.parameters import ConnectionParameters, InvalidParameter, parse_url
+from txpika.spec import BasicProperties
+
+if TYPE_CHECKING:
+    from txpika._connect import connect
+    from txpika._consumer import Consumer
+    from txpika.channel import Channel
+    from txpika.message import Message
+    from txpika.protocol import AMQPClientFactory, AMQPProtocol
+
+#: Public names that live in Twisted-dependent modules: name -> module.
+_LAZY = {
+    "connect": "txpika._connect",
+    "Consumer": "txpika._consumer",
+    "Channel": "txpika.channel",
+    "Message": "txpika.message",
+    "AMQPClientFactory": "txpika.protocol",
+    "AMQPProtocol": "txpika.protocol",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'txpika' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AMQPClientFactory",
+    "AMQPError",
+    "AMQPProtocol",
+    "AMQPlainCredentials",
+    "AccessRefused",
+    "AuthenticationError",
+    "BasicProperties",
+    "Channel",
+    "ChannelClosed",
+    "ChannelClosedByBroker",
+    "ChannelClosedByClient",
+    "ConnectionClosed",
+    "ConnectionClosedByBroker",
+    "ConnectionClosedByClient",
+    "ConnectionParameters",
+    "Consumer",
+    "ConsumerCancelled",
+    "ExternalCredentials",
+    "FlowControlError",
+    "HeartbeatTimeout",
+    "InvalidParameter",
+    "Message",
+    "NackError",
+    "NotFound",
+    "OutcomeUnknownError",
+    "PlainCredentials",
+    "PreconditionFailed",
+    "ProtocolError",
+    "ResourceLocked",
+    "UnroutableError",
+    "UsageError",
+    "connect",
+    "parse_url",
+]

@@ -1,0 +1,95 @@
+"""`connect`: from a URL, `ConnectionParameters` or endpoint description to an open
+`AMQPProtocol`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from txpika.parameters import ConnectionParameters, InvalidParameter, parse_url
+from txpika.protocol import AMQPClientFactory, AMQPProtocol
+
+__all__ = ["connect", "endpoint_for"]
+
+
+def _parameters(target: str | ConnectionParameters, overrides: dict[str, Any]
+                ) -> ConnectionParameters:
+    if isinstance(target, ConnectionParameters):
+        return target.replace(**overrides) if overrides else target
+    if not isinstance(target, str):
+        raise InvalidParameter(
+            f"connect() takes a URL, ConnectionParameters or endpoint description, not "
+            f"{type(target).__name__}")
+    lowered = target.lower()
+    if lowered.startswith(("amqp://", "amqps://")):
+        return parse_url(target, **overrides)
+    if ":" not in target:
+        raise InvalidParameter(
+            "connect() target must be an amqp:// or amqps:// URL or a Twisted endpoint "
+            "description such as 'tcp:localhost:5672'")
+    return ConnectionParameters(endpoint=target).replace(**overrides)
+
+
+def endpoint_for(reactor: Any, parameters: ConnectionParameters) -> IStreamClientEndpoint:
+    """The Twisted client endpoint that reaches the broker ``parameters`` name.
+
+    TLS (``amqps://``) verifies the certificate against ``cafile`` (or the platform's trust
+    store) and the host name (``server_hostname`` or ``host``) unless ``verify`` is False.
+    """
+    from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+
+    if parameters.endpoint:
+        try:
+            return clientFromString(reactor, parameters.endpoint)  # type: ignore[no-untyped-call,no-any-return]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidParameter(
+                f"bad endpoint description {parameters.endpoint!r}: {exc}") from None
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, parameters.host, parameters.effective_port,
+        timeout=parameters.connection_timeout)
+    if parameters.tls:
+        from txpika._tls import wrap_tls
+
+        endpoint = wrap_tls(endpoint, parameters)
+    return endpoint
+
+
+def connect(reactor: Any, target: str | ConnectionParameters = "amqp://localhost/",
+            **overrides: Any) -> Deferred[AMQPProtocol]:
+    """Connect and complete the AMQP handshake.
+
+    ``target`` is an ``amqp://``/``amqps://`` URL, a `ConnectionParameters`, or a Twisted
+    client endpoint description (``tcp:host:port``, ``tls:...``, ``unix:path``);
+    ``overrides`` replace any `ConnectionParameters` field. Fires with the open
+    `AMQPProtocol`. Fails with `txpika.parameters.InvalidParameter` (bad URL or option),
+    Twisted's connection errors (``ConnectionRefusedError``, DNS and TLS failures),
+    `txpika.errors.AuthenticationError`, `txpika.errors.AccessRefused` (vhost refused), or
+    `twisted.internet.defer.TimeoutError` when connecting and the handshake together take
+    longer than ``connection_timeout``.
+    """
+    from twisted.internet.defer import fail
+
+    try:
+        parameters = _parameters(target, overrides)
+        endpoint = endpoint_for(reactor, parameters)
+    except Exception as exc:
+        return fail(exc)
+    factory = AMQPClientFactory(parameters, reactor)
+    connecting: Deferred[AMQPProtocol] = endpoint.connect(factory)  # type: ignore[assignment]
+
+    def handshake(protocol: AMQPProtocol) -> Deferred[AMQPProtocol]:
+        return protocol.ready
+
+    d = connecting.addCallback(handshake)
+
+    def timed_out(failure: Any) -> Any:
+        failure.trap(TimeoutError)
+        raise TimeoutError(
+            f"could not connect to {parameters.describe()} within "
+            f"{parameters.connection_timeout:g} s")
+
+    # The protocol has its own handshake timeout; this one also bounds TCP and TLS.
+    d.addTimeout(parameters.connection_timeout + 1, reactor)
+    return d.addErrback(timed_out)
