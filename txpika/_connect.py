@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from txpika.parameters import ConnectionParameters, InvalidParameter, parse_url
@@ -84,12 +85,14 @@ def connect(reactor: Any, target: str | ConnectionParameters = "amqp://localhost
 
     d = connecting.addCallback(handshake)
 
-    def timed_out(failure: Any) -> Any:
-        failure.trap(TimeoutError)
+    def timed_out(failure: Any, timeout: float | None = None) -> Any:
+        if timeout is None:  # an errback: rewrite timeouts only (also the TCP connect's)
+            failure.trap(TimeoutError, ConnectTimeoutError)
         raise TimeoutError(
             f"could not connect to {parameters.describe()} within "
             f"{parameters.connection_timeout:g} s")
 
-    # The protocol has its own handshake timeout; this one also bounds TCP and TLS.
-    d.addTimeout(parameters.connection_timeout + 1, reactor)
+    # The protocol has its own handshake timeout; this one also bounds TCP and TLS. A
+    # cancelled endpoint fails with ConnectingCancelledError: onTimeoutCancel replaces it.
+    d.addTimeout(parameters.connection_timeout + 1, reactor, onTimeoutCancel=timed_out)
     return d.addErrback(timed_out)

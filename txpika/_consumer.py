@@ -169,8 +169,11 @@ def _run_callback(callback: MessageCallback, message: Message) -> None:
     except Exception:
         log.failure("consumer callback failed on delivery {tag}", tag=message.delivery_tag)
         return
-    if result is None:
-        return
-    d: Deferred[Any] = result if isinstance(result, Deferred) else ensureDeferred(result)
+    if isinstance(result, Deferred):
+        d: Deferred[Any] = result
+    elif isinstance(result, Coroutine):
+        d = ensureDeferred(result)
+    else:
+        return  # None or a plain value: nothing to wait for
     d.addErrback(lambda f: log.failure("consumer callback failed on delivery {tag}", f,
                                        tag=message.delivery_tag))

@@ -83,7 +83,7 @@ class Channel:
         self._flow_listeners: list[Callable[[bool], object]] = []
         self._close_waiters: list[Deferred[None]] = []
         self._error: BaseException | None = None
-        self._flow_active = True
+        self._flow_active = not self._core.blocked  # opened while blocked
 
     def __repr__(self) -> str:
         state = "closed" if self._error is not None else "open"
@@ -432,14 +432,16 @@ class Channel:
                 pending.deferred.errback(error)
 
     def _on_reply(self, method: Any) -> None:
-        if method.NAME == "basic.cancel":  # the broker cancelled a consumer
+        # ``method`` is a Method, or a Message for basic.get-ok (which has no NAME).
+        name = getattr(method, "NAME", "basic.get-ok")
+        if name == "basic.cancel":  # the broker cancelled a consumer
             consumer = self._consumers.pop(method.consumer_tag, None)
             if consumer is not None:
                 consumer._cancelled_by_broker()
             return
         if not self._calls:
             log.warn("channel {channel}: {method} with no request waiting for it",
-                     channel=self.channel_number, method=method.NAME)
+                     channel=self.channel_number, method=name)
             return
         call = self._calls.popleft()
         if call.done:
@@ -455,7 +457,7 @@ class Channel:
 
     def _absorb(self, call: _Call[Any], reply: Any) -> None:
         """A reply to a cancelled or timed-out call: undo what it started."""
-        if reply.NAME == "basic.consume-ok":
+        if getattr(reply, "NAME", None) == "basic.consume-ok":
             # Nobody will handle this consumer's messages: cancel it. Its deliveries, until
             # the broker stops, are rejected back to the queue (see _on_message).
             self._call(self._m.Basic.Cancel(reply.consumer_tag, False), None).addErrback(

@@ -419,6 +419,8 @@ class Connection:
             raise UsageError(f"channel {channel} is still opening")
         if not ch.flow_active:
             raise FlowControlError(f"the broker stopped content on channel {channel}")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise UsageError(f"a message body must be bytes, not {type(body).__name__}")
         if properties is None:
             properties = self._empty_properties
         elif type(properties) is not self.dialect.properties[60]:

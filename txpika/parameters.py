@@ -225,9 +225,14 @@ def parse_url(url: str, **overrides: Any) -> ConnectionParameters:
     if port_text.startswith("["):
         port_text = port_text.partition("]")[2]
     if ":" in port_text:
-        port_digits = port_text.rpartition(":")[2]
-        if not port_digits.isdigit() or not 0 < int(port_digits) < 65536:
-            raise InvalidParameter(f"URL port {port_digits!r} is not a port number")
+        port_digits = port_text.partition(":")[2]
+        # Quote the port only when it is digits: a '/', '?' or '#' left unescaped in a
+        # password cuts the netloc there, and the password's start then looks like a port.
+        if not (port_digits.isascii() and port_digits.isdigit()):
+            raise InvalidParameter("the URL port is not a number (percent-encode any '/', "
+                                   "'?', '#' or '@' in the user name and password)")
+        if not 0 < int(port_digits) < 65536:
+            raise InvalidParameter(f"URL port {port_digits} is outside 1..65535")
         values["port"] = int(port_digits)
     if parts.username is not None:
         values["username"] = unquote(parts.username)

@@ -8,6 +8,7 @@ streaming producer, so publishing waits while the transport is over its high-wat
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ log = Logger()
 
 #: How long a close waits for the broker's close-ok before dropping the transport.
 CLOSE_TIMEOUT = 10.0
+#: How many bytes of a large message are copied into the transport at a time.
+_WRITE_BATCH = 262144
 
 
 def _default_clock() -> IReactorTime:
@@ -75,6 +78,9 @@ class AMQPProtocol(Protocol):
         self._error: BaseException | None = None
         self._opened = False
         self._paused = False
+        self._backlog: deque[bytes | memoryview] = deque()  # held while paused
+        self._losing = False
+        self._writing = False
         self._readers_paused: set[object] = set()
         self._draining = False
         self._heartbeat_call: IDelayedCall | None = None
@@ -82,6 +88,7 @@ class AMQPProtocol(Protocol):
         self._close_call: IDelayedCall | None = None
         self._transport_gone = False
         self._secret_waiters: list[Deferred[None]] = []
+        self._timed_out: BaseException | None = None  # the handshake timeout, if it fired
 
     def __repr__(self) -> str:
         state = self._core.state.value
@@ -225,6 +232,11 @@ class AMQPProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        if self._writing:
+            return  # called from inside our own write: the loop writing goes on
+        self._flush()
+        if self._paused:
+            return
         for channel in list(self._channels.values()):
             channel._drain_waiting()
 
@@ -234,13 +246,52 @@ class AMQPProtocol(Protocol):
     # -- internals ------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Hand what the core queued to the transport, holding back while it is paused.
+
+        Small writes go straight through. A large body arrives as memoryview pieces of the
+        caller's bytes; they are copied into the transport one batch at a time, only while
+        the transport is below its high-water mark, so a 64 MiB message never sits in the
+        transport's buffer whole.
+        """
         if self._transport_gone or self.transport is None:
             return
         chunks = self._core.chunks_to_send()
         if chunks:
-            self.transport.writeSequence(chunks)  # type: ignore[arg-type]
-        if self._core.state is ConnState.CLOSED:
+            backlog = self._backlog
+            if backlog or self._paused or self._writing:
+                backlog.extend(chunks)
+            else:
+                for chunk in chunks:
+                    if type(chunk) is not bytes:
+                        backlog.extend(chunks)
+                        break
+                else:
+                    self.transport.writeSequence(chunks)  # type: ignore[arg-type]
+        if self._backlog and not self._paused and not self._writing:
+            self._write_backlog()
+        if self._core.state is ConnState.CLOSED and not self._backlog and not self._losing:
+            self._losing = True
+            # A TLS transport sends its close_notify only once no producer is registered.
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
+
+    def _write_backlog(self) -> None:
+        backlog = self._backlog
+        write = self.transport.writeSequence  # type: ignore[union-attr]
+        self._writing = True  # a transport may pause and resume us from inside write()
+        try:
+            while backlog and not self._paused:
+                batch: list[bytes] = []
+                size = 0
+                while backlog and size < _WRITE_BATCH:
+                    chunk = backlog.popleft()
+                    if type(chunk) is not bytes:
+                        chunk = bytes(chunk)
+                    batch.append(chunk)
+                    size += len(chunk)
+                write(batch)  # may call pauseProducing() and stop the loop
+        finally:
+            self._writing = False
 
     def _drain(self) -> None:
         if self._draining:
@@ -310,6 +361,8 @@ class AMQPProtocol(Protocol):
             d.callback(self)
 
     def _on_closed(self, error: BaseException) -> None:
+        # A silent peer after start-ok is reported by the core as refused credentials.
+        error = self._timed_out or error
         self._error = error
         self._cancel_heartbeat()
         if not isinstance(error, ConnectionClosedByClient) or error.reply_code != 200:
@@ -384,6 +437,10 @@ class AMQPProtocol(Protocol):
 
     def _heartbeat(self) -> None:
         self._heartbeat_call = None
+        if self._readers_paused:
+            # We stopped reading (a full consumer buffer): the peer's frames wait unread in
+            # the socket, so its silence is ours and proves nothing about the peer.
+            self._core._received = True
         when = self._core.heartbeat_tick(self.clock.seconds())
         self._drain()
         if self._core.state is ConnState.CLOSED and not self._transport_gone:
@@ -403,6 +460,7 @@ class AMQPProtocol(Protocol):
         error = DeferTimeoutError(
             f"no AMQP handshake with {self.parameters.describe()} within "
             f"{self.parameters.connection_timeout:g} s")
+        self._timed_out = error
         self._core.connection_lost(error)
         self._drain()
         self._abort()
