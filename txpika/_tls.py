@@ -3,6 +3,7 @@ service_identity)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,26 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from txpika.parameters import ConnectionParameters, InvalidParameter
 
 __all__ = ["wrap_tls"]
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _trust_root(ssl: Any, cafile: str) -> Any:
+    """Every certificate in ``cafile`` (a PEM bundle may hold several CAs) as trust root."""
+    try:
+        data = Path(cafile).read_bytes()
+    except OSError as exc:
+        raise InvalidParameter(f"cannot read cafile: {exc}") from None
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise InvalidParameter(f"cafile {cafile!r} holds no PEM certificate")
+    try:
+        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
+    except Exception as exc:
+        raise InvalidParameter(f"cannot load the certificates in cafile {cafile!r}: {exc}"
+                               ) from None
+    return ssl.trustRootFromCertificates(certificates)
 
 
 def wrap_tls(endpoint: IStreamClientEndpoint,
@@ -30,7 +51,12 @@ def wrap_tls(endpoint: IStreamClientEndpoint,
             pem = Path(parameters.certfile).read_bytes() + b"\n" + Path(key_path).read_bytes()
         except OSError as exc:
             raise InvalidParameter(f"cannot read the client certificate: {exc}") from None
-        client_cert = ssl.PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
+        try:
+            client_cert = ssl.PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise InvalidParameter(
+                f"cannot load the client certificate and key from {parameters.certfile!r}"
+                f" and {key_path!r}: {exc}") from None
     if not parameters.verify:
         options: Any = ssl.CertificateOptions(
             verify=False,
@@ -38,12 +64,7 @@ def wrap_tls(endpoint: IStreamClientEndpoint,
             certificate=client_cert.original if client_cert else None,
         )
     else:
-        trust: Any = None
-        if parameters.cafile:
-            try:
-                trust = ssl.Certificate.loadPEM(Path(parameters.cafile).read_bytes())
-            except OSError as exc:
-                raise InvalidParameter(f"cannot read cafile: {exc}") from None
+        trust = _trust_root(ssl, parameters.cafile) if parameters.cafile else None
         options = ssl.optionsForClientTLS(hostname, trustRoot=trust,
                                           clientCertificate=client_cert)
     return wrapClientTLS(options, endpoint)
