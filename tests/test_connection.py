@@ -1107,8 +1107,12 @@ def test_publish_on_0_8():
     (command,) = sim.commands()
     assert command.method == spec_0_8.Basic.Publish(0, "amq.direct", "k", False, False)
     assert (command.properties, command.body) == (props, b"hi")
+    # txpika.BasicProperties is the 0-9-1 class: on 0-8 its fields are carried over.
+    core.basic_publish(1, "", "k", b"", spec.BasicProperties(message_id="m1", priority=3))
+    (command,) = sim.commands()
+    assert command.properties == spec_0_8.BasicProperties(message_id="m1", priority=3)
     with pytest.raises(UsageError):
-        core.basic_publish(1, "", "k", b"", spec.BasicProperties())
+        core.basic_publish(1, "", "k", b"", object())  # type: ignore[arg-type]
     sim.expect_nothing()
 
 
@@ -1118,7 +1122,9 @@ def test_publish_refusals():
     with pytest.raises(UsageError):
         core.basic_publish(2, "", "q", b"x")
     with pytest.raises(UsageError):
-        core.basic_publish(1, "", "q", b"x", spec_0_8.BasicProperties())
+        core.basic_publish(1, "", "q", b"x", spec.Basic.Publish())  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        core.basic_publish(1, "", "q", "text")  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         core.basic_publish(1, "", "k" * 256, b"x")
     sim.expect_nothing()

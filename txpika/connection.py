@@ -308,17 +308,19 @@ class Connection:
         self.state = ConnState.CLOSED
         self._report_closed(error)
 
-    def heartbeat_tick(self, now: float) -> float | None:
+    def heartbeat_tick(self, now: float, reading_paused: bool = False) -> float | None:
         """Send a heartbeat if one is due and detect a dead peer.
 
         ``now`` is the driver's clock in seconds. Returns when to call again, or ``None``
         when heartbeats are off or the connection is over. A peer that sent nothing for
         two heartbeat intervals closes the connection with `txpika.errors.HeartbeatTimeout`.
+        A driver that stopped reading (``reading_paused``) cannot tell a silent peer from
+        its own unread socket, so the peer counts as alive then.
         """
         interval = self.heartbeat
         if not interval or self.state in (ConnState.CLOSED, ConnState.IDLE):
             return None
-        if self._received or self._last_received is None:
+        if self._received or reading_paused or self._last_received is None:
             self._last_received = now
             self._received = False
         if self._sent or self._last_sent is None:
@@ -424,7 +426,7 @@ class Connection:
         if properties is None:
             properties = self._empty_properties
         elif type(properties) is not self.dialect.properties[60]:
-            raise UsageError(f"properties must be {self.dialect.name} BasicProperties")
+            properties = self._own_properties(properties)
         key = (channel, exchange, routing_key, mandatory, immediate)
         method_frame = self._publish_cache.get(key)
         if method_frame is None:
@@ -451,6 +453,20 @@ class Connection:
             else:
                 pending.append(tag)
         return tag
+
+    def _own_properties(self, properties: Any) -> Properties:
+        """The other dialect's BasicProperties (same 14 fields) as this dialect's."""
+        cls = self.dialect.properties[60]
+        if not isinstance(properties, Properties) or properties.CLASS_ID != 60:
+            raise UsageError(f"properties must be BasicProperties, not "
+                             f"{type(properties).__name__}")
+        names: tuple[str, ...] = properties.__slots__
+        fields = {name: getattr(properties, name) for name in names}
+        try:
+            return cls(**fields)
+        except TypeError:
+            raise UsageError(f"properties must be {self.dialect.name} BasicProperties"
+                             ) from None
 
     def basic_ack(self, channel: int, delivery_tag: int, multiple: bool = False) -> None:
         """Acknowledge a delivery (or, with ``multiple``, every one up to it; 0 means all).

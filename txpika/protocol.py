@@ -437,11 +437,10 @@ class AMQPProtocol(Protocol):
 
     def _heartbeat(self) -> None:
         self._heartbeat_call = None
-        if self._readers_paused:
-            # We stopped reading (a full consumer buffer): the peer's frames wait unread in
-            # the socket, so its silence is ours and proves nothing about the peer.
-            self._core._received = True
-        when = self._core.heartbeat_tick(self.clock.seconds())
+        # While a full consumer buffer keeps us from reading, the peer's frames wait unread
+        # in the socket: its silence is ours and proves nothing about the peer.
+        when = self._core.heartbeat_tick(self.clock.seconds(),
+                                         reading_paused=bool(self._readers_paused))
         self._drain()
         if self._core.state is ConnState.CLOSED and not self._transport_gone:
             self.transport.abortConnection()  # type: ignore[union-attr]
