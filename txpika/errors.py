@@ -19,7 +19,7 @@ The hierarchy::
      |    |        NotFound 404, ResourceLocked 405, PreconditionFailed 406
      |    +-- ChannelClosedByClient
      +-- NackError, UnroutableError, OutcomeUnknownError, FlowControlError,
-     |   ConsumerCancelled
+     |   ConsumerCancelled, ConnectionRecovering, ServiceStopped
      +-- UsageError                  local misuse: nothing was sent
 
 ``AccessRefused`` is raised both for a 403 channel error and for a connection refused by the
@@ -47,6 +47,7 @@ __all__ = [
     "ConnectionClosedByBroker",
     "ConnectionClosedByClient",
     "ConnectionForced",
+    "ConnectionRecovering",
     "ConsumerCancelled",
     "ContentTooLarge",
     "FlowControlError",
@@ -65,6 +66,7 @@ __all__ = [
     "ProtocolError",
     "ResourceError",
     "ResourceLocked",
+    "ServiceStopped",
     "SyntaxError_",
     "UnexpectedFrame",
     "UnroutableError",
@@ -292,6 +294,14 @@ class ConsumerCancelled(AMQPError):
     def __init__(self, consumer_tag: str, reason: str = "cancelled by the broker") -> None:
         super().__init__(f"consumer {consumer_tag!r} {reason}")
         self.consumer_tag = consumer_tag
+
+
+class ConnectionRecovering(AMQPError):
+    """The reconnecting service has no open connection right now; nothing was sent."""
+
+
+class ServiceStopped(AMQPError):
+    """The reconnecting service is not running (not started, or stopped)."""
 
 
 class UsageError(AMQPError, ValueError):

@@ -1,0 +1,320 @@
+"""`AMQPService`: a connection that recovers, as an explicit, observable state.
+
+Built on Twisted's ``ClientService``: a backoff retry policy with jitter, an injected
+clock, and a ``prepareConnection`` step that waits for the AMQP handshake and then restores
+what the application had set up. With several brokers (the nodes of a cluster) every
+connection attempt goes to the next one in turn, so losing a node moves the service on.
+
+States (``service.state``; listeners get every change):
+
+``closed``      before ``startService`` and after ``stopService``
+``connecting``  until the first connection is open
+``open``        connected and restored
+``blocked``     connected, but the broker blocks publishers (``connection.blocked``)
+``recovering``  from the loss of an open connection until a new one is open and restored
+
+On every new connection the service either runs the user's ``setup(channel)`` or replays
+the topology recorded from its `RobustChannel` s, in the order it was declared: exchanges,
+exchange bindings, queues, queue bindings; then each robust channel is reopened with its
+QoS, confirm mode and consumers. A server-named queue is declared again under a new name;
+its bindings and consumers follow it, and queue-rename listeners learn the new name.
+Work attempted while the service is not open fails at once with
+`txpika.errors.ConnectionRecovering` (or `txpika.errors.ServiceStopped`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txpika._connect import _parameters, endpoint_for
+from txpika.errors import ConnectionRecovering, ServiceStopped
+from txpika.parameters import ConnectionParameters
+from txpika.protocol import AMQPProtocol
+from txpika.robust import RobustChannel, Topology
+
+if TYPE_CHECKING:
+    from txpika.channel import Channel
+
+__all__ = ["AMQPService"]
+
+log = Logger()
+
+CLOSED = "closed"
+CONNECTING = "connecting"
+OPEN = "open"
+BLOCKED = "blocked"
+RECOVERING = "recovering"
+
+#: How long stopService waits for the broker's close-ok before dropping the connection.
+STOP_TIMEOUT = 10.0
+
+Setup = Callable[["Channel"], object]
+
+
+class _Factory(Factory):
+    """Builds protocols for the broker the rotating endpoint is connecting to now."""
+
+    def __init__(self, service: AMQPService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: Any) -> AMQPProtocol:
+        proto = AMQPProtocol(self.service._attempt, self.service.clock)
+        proto.factory = self
+        return proto
+
+
+@implementer(IStreamClientEndpoint)
+class _RotatingEndpoint:
+    """Each connect() goes to the next broker of the list."""
+
+    def __init__(self, service: AMQPService) -> None:
+        self._service = service
+        self._index = -1
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:  # noqa: N803
+        service = self._service
+        self._index = (self._index + 1) % len(service.brokers)
+        parameters = service.brokers[self._index]
+        service._attempt = parameters
+        log.debug("connecting to {broker}", broker=parameters.describe())
+        try:
+            endpoint = endpoint_for(service.reactor, parameters)
+        except Exception as exc:
+            return fail(exc)
+        d: Deferred[Any] = endpoint.connect(protocolFactory)
+        d.addTimeout(parameters.connection_timeout + 1, service.clock)
+        return d
+
+
+def _jitter_policy(clock_random: Callable[[], float]) -> Callable[[int], float]:
+    return backoffPolicy(initialDelay=0.5, maxDelay=30.0, factor=2.0, jitter=clock_random)
+
+
+class AMQPService(Service):
+    """A reconnecting AMQP connection, usable as a Twisted ``IService``.
+
+    ``brokers`` is a URL, `ConnectionParameters` or endpoint description, or a list of them
+    (tried in turn); ``overrides`` apply to each. ``setup(channel)`` (optional; may return
+    a Deferred or a coroutine) runs on a fresh channel of every new connection instead of
+    the recorded topology. ``retry_policy`` maps the number of failed attempts in a row to
+    the delay before the next (default: exponential backoff from 0.5 s to 30 s with up to
+    1 s of jitter). ``clock`` defaults to ``reactor``.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        brokers: str | ConnectionParameters | Sequence[str | ConnectionParameters],
+        setup: Setup | None = None,
+        *,
+        retry_policy: Callable[[int], float] | None = None,
+        clock: IReactorTime | None = None,
+        **overrides: Any,
+    ) -> None:
+        targets = [brokers] if isinstance(brokers, (str, ConnectionParameters)) else list(
+            brokers)
+        if not targets:
+            raise ValueError("AMQPService needs at least one broker")
+        self.reactor = reactor
+        self.clock: IReactorTime = clock or reactor
+        self.brokers = [_parameters(t, overrides) for t in targets]
+        self.setup = setup
+        self.topology = Topology()
+        self._attempt = self.brokers[0]
+        self._state = CLOSED
+        self._listeners: list[Callable[[str], object]] = []
+        self._protocol: AMQPProtocol | None = None
+        self._broker: ConnectionParameters | None = None
+        self._waiters: list[Deferred[AMQPProtocol]] = []
+        self._channels: list[RobustChannel] = []
+        self._ever_open = False
+        #: Services using this connection (consumers): stopped, and drained, first.
+        self._dependents: list[Service] = []
+        policy = retry_policy or _jitter_policy(random.random)
+        self._client = ClientService(
+            _RotatingEndpoint(self), _Factory(self), retryPolicy=policy, clock=self.clock,
+            prepareConnection=self._prepare)
+
+    def __repr__(self) -> str:
+        return f"<AMQPService {self._state} {self.current_broker or '-'}>"
+
+    # -- observation -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"connecting"``, ``"open"``, ``"blocked"`` or ``"recovering"``."""
+        return self._state
+
+    @property
+    def current_broker(self) -> str | None:
+        """The broker of the open connection (URL without password), or ``None``."""
+        return self._broker.describe() if self._broker is not None else None
+
+    def add_state_listener(self, callback: Callable[[str], object]) -> None:
+        """Call ``callback(state)`` in the same turn as every change of `state`."""
+        self._listeners.append(callback)
+
+    def remove_state_listener(self, callback: Callable[[str], object]) -> None:
+        """Stop calling ``callback``."""
+        self._listeners.remove(callback)
+
+    def add_queue_rename_listener(self, callback: Callable[[str, str], object]) -> None:
+        """Call ``callback(old_name, new_name)`` when a server-named queue is redeclared."""
+        self.topology.rename_listeners.append(callback)
+
+    # -- use -------------------------------------------------------------------------------
+
+    def connection(self, timeout: float | None = None) -> Deferred[AMQPProtocol]:
+        """The open connection, waiting through connecting and recovering.
+
+        Fails with `txpika.errors.ServiceStopped` if the service is not running (or stops
+        while waiting), or `twisted.internet.defer.TimeoutError` after ``timeout`` seconds.
+        """
+        if self._state in (OPEN, BLOCKED) and self._protocol is not None:
+            return succeed(self._protocol)
+        if self._state == CLOSED:
+            return fail(ServiceStopped("the service is not running"))
+        d: Deferred[AMQPProtocol] = Deferred(lambda d: self._waiters.remove(d)
+                                             if d in self._waiters else None)
+        self._waiters.append(d)
+        if timeout is not None:
+            d.addTimeout(timeout, self.clock)
+        return d
+
+    def channel(self) -> Deferred[RobustChannel]:
+        """A `RobustChannel`: it records what it declares and is reopened, with its QoS,
+        confirm mode and consumers, on every new connection. Fires once it is open; fails
+        like `connection` (it waits for the service to be open)."""
+        def opened(protocol: AMQPProtocol) -> Deferred[RobustChannel]:
+            robust = RobustChannel(self)
+            self._channels.append(robust)
+            return robust._attach(protocol).addCallback(lambda _: robust)
+
+        return self.connection().addCallback(opened)
+
+    def unavailable(self) -> Exception:
+        """The error for work attempted now: `ServiceStopped` or `ConnectionRecovering`."""
+        if self._state == CLOSED:
+            return ServiceStopped("the service is not running")
+        return ConnectionRecovering(f"the connection is {self._state}; try again when open")
+
+    # -- IService ------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._set_state(RECOVERING if self._ever_open else CONNECTING)
+        self._client.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Close the connection cleanly (bounded by `STOP_TIMEOUT`) and stop reconnecting.
+        Fires with ``None``; pending `connection` waiters fail with `ServiceStopped`."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        dependents = [maybeDeferred(service.stopService) for service in self._dependents
+                      if service.running or getattr(service, "_stop_d", None) is not None]
+        drained: Deferred[Any] = DeferredList(dependents, consumeErrors=True)
+        return drained.addCallback(lambda _: self._close())
+
+    def _close(self) -> Deferred[None]:
+        protocol, self._protocol = self._protocol, None
+        self._set_state(CLOSED)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(ServiceStopped("the service stopped"))
+        closing: Deferred[Any] = succeed(None)
+        if protocol is not None and protocol.is_open:
+            closing = protocol.close()
+            closing.addTimeout(STOP_TIMEOUT, self.clock)
+            closing.addErrback(lambda f: None)
+        return closing.addCallback(lambda _: self._client.stopService()).addCallback(
+            lambda _: None)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        log.info("AMQP service {state} ({broker})", state=state,
+                 broker=self.current_broker or self._attempt.describe())
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:
+                log.failure("state listener {listener} failed", listener=listener)
+
+    def _prepare(self, proxy: Any) -> Deferred[None]:
+        protocol: AMQPProtocol = getattr(proxy, "_protocol", proxy)
+        broker = self._attempt
+
+        def restore(_: Any) -> Deferred[None]:
+            return maybeDeferred(self._restore, protocol)
+
+        def ready(_: Any) -> None:
+            if not self.running or not protocol.is_open:
+                raise ConnectionRecovering("the connection was lost while restoring it")
+            self._protocol = protocol
+            self._broker = broker
+            self._ever_open = True
+            protocol.closed().addCallback(self._lost, protocol)
+            protocol.add_flow_listener(self._flow)
+            self._set_state(BLOCKED if protocol.is_blocked else OPEN)
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(protocol)
+
+        def failed(failure: Any) -> Any:
+            log.warn("could not open {broker}: {error}", broker=broker.describe(),
+                     error=failure.value)
+            if protocol.transport is not None and protocol.is_open:
+                protocol.close()
+            return failure
+
+        return protocol.ready.addCallback(restore).addCallback(ready).addErrback(failed)
+
+    def _restore(self, protocol: AMQPProtocol) -> Deferred[None]:
+        from twisted.internet.defer import ensureDeferred
+
+        async def run() -> None:
+            channel = await protocol.channel()
+            if self.setup is not None:
+                result = self.setup(channel)
+                if isinstance(result, Deferred) or hasattr(result, "__await__"):
+                    await result
+            else:
+                await self.topology.replay(channel)
+            if channel.is_open:
+                await channel.close()
+            for robust in list(self._channels):
+                await robust._attach(protocol)
+            self.topology.forget_renames()
+
+        return ensureDeferred(run())
+
+    def _lost(self, error: BaseException, protocol: AMQPProtocol) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        self._broker = None
+        for robust in self._channels:
+            robust._detach(error)
+        if self.running:
+            log.warn("connection lost ({error}); recovering", error=error)
+            self._set_state(RECOVERING)
+
+    def _flow(self, active: bool, reason: str) -> None:
+        if self._protocol is not None and self._state in (OPEN, BLOCKED):
+            self._set_state(OPEN if active else BLOCKED)
+
+    def _forget(self, robust: RobustChannel) -> None:
+        if robust in self._channels:
+            self._channels.remove(robust)

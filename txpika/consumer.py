@@ -1,0 +1,249 @@
+"""`ConsumerService`: consume a queue with a handler, bounded concurrency and a clean drain.
+
+The service consumes through a `txpika.robust.RobustChannel` of an
+`txpika.client.AMQPService`, so it starts again on every new connection. For each message
+it runs ``handler(message)``, which may return ``None``, a Deferred or a coroutine; at most
+``concurrency`` run at once (the rest wait, bounded by ``prefetch``). Success acks the
+message; a failure (or a handler running past ``handler_timeout``) rejects it, requeued
+with ``on_error="requeue"`` (the default) or not with ``"reject"`` (then it goes to the
+queue's dead-letter exchange, if it has one). An ack for a delivery from a connection
+that has since been replaced is dropped with a log line, never sent on the new channel:
+the broker has already requeued that delivery.
+
+``stopService`` stops taking deliveries (``basic.cancel``), lets running handlers finish
+for up to ``drain_timeout`` seconds, requeues what was received but not started, and
+closes the channel. Nothing acked is lost and nothing unacked is dropped: the broker
+redelivers whatever was not acked.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    maybeDeferred,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from txpika.client import AMQPService
+from txpika.message import Message
+from txpika.robust import RobustChannel, RobustConsumer
+
+__all__ = ["ConsumerService", "Handler"]
+
+log = Logger()
+
+#: A message handler: returns None, a Deferred or a coroutine.
+Handler = Callable[[Message], "Deferred[Any] | Coroutine[Any, Any, Any] | None"]
+
+
+class ConsumerService(Service):
+    """Consume ``queue`` on ``service`` with ``handler``. See the module docstring.
+
+    ``declare`` declares the queue (durable, not exclusive, not auto-delete) and
+    ``bindings`` binds it: ``[(exchange, routing_key), ...]``.
+    """
+
+    def __init__(
+        self,
+        service: AMQPService,
+        queue: str,
+        handler: Handler,
+        *,
+        prefetch: int = 50,
+        concurrency: int = 10,
+        on_error: str = "requeue",
+        declare: bool = False,
+        bindings: Sequence[tuple[str, str]] = (),
+        handler_timeout: float | None = None,
+        drain_timeout: float = 30.0,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if on_error not in ("requeue", "reject"):
+            raise ValueError(f"on_error must be 'requeue' or 'reject', not {on_error!r}")
+        if concurrency < 1 or prefetch < 0:
+            raise ValueError("concurrency must be at least 1 and prefetch not negative")
+        self.amqp = service
+        self.queue = queue
+        self.handler = handler
+        self.prefetch = prefetch
+        self.concurrency = concurrency
+        self.on_error = on_error
+        self.declare = declare
+        self.bindings = list(bindings)
+        self.handler_timeout = handler_timeout
+        self.drain_timeout = drain_timeout
+        self.clock: IReactorTime = clock or service.clock
+        self._channel: RobustChannel | None = None
+        self._consumer: RobustConsumer | None = None
+        self._waiting: deque[Message] = deque()
+        self._running: set[Deferred[Any]] = set()
+        self._stopping = False
+        self._starting: Deferred[Any] | None = None
+        self._stop_d: Deferred[None] | None = None
+        # The AMQP service waits for our drain before it closes the connection.
+        service._dependents.append(self)
+        #: Counts, for monitoring: handled (acked), failed, dropped acks.
+        self.stats = {"acked": 0, "failed": 0, "stale_acks": 0}
+
+    def __repr__(self) -> str:
+        return f"<ConsumerService {self.queue!r} running={len(self._running)}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers running now."""
+        return len(self._running)
+
+    # -- IService ------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._stop_d = None
+        self._stopping = False
+        self._starting = ensureDeferred(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop consuming, drain (up to ``drain_timeout``), close the channel. Fires with
+        ``None`` when done; never fails."""
+        if self._stop_d is None:
+            super().stopService()  # type: ignore[no-untyped-call]
+            self._stopping = True
+            self._stop_d = ensureDeferred(self._stop())
+        return self._stop_d
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        from twisted.internet.task import deferLater
+
+        from txpika.errors import ConnectionRecovering, ServiceStopped
+
+        while self.running:
+            channel: RobustChannel | None = None
+            try:
+                channel = await self.amqp.channel()
+                if self.declare:
+                    await channel.queue_declare(self.queue, durable=True, exclusive=False,
+                                                auto_delete=False)
+                for exchange, routing_key in self.bindings:
+                    await channel.queue_bind(self.queue, exchange, routing_key)
+                await channel.basic_qos(prefetch_count=self.prefetch)
+                self._consumer = await channel.basic_consume(self.queue, self._on_message)
+                self._channel = channel
+                log.info("consuming {queue!r} (prefetch {prefetch}, concurrency "
+                         "{concurrency})", queue=self.queue, prefetch=self.prefetch,
+                         concurrency=self.concurrency)
+                return
+            except ServiceStopped:
+                raise
+            except Exception as exc:
+                if channel is not None:
+                    channel.close().addErrback(lambda f: None)
+                if not self.running:
+                    return
+                if not isinstance(exc, ConnectionRecovering):
+                    log.error("could not start consuming {queue!r}: {error}; retrying",
+                              queue=self.queue, error=exc)
+                await deferLater(self.clock, 1.0)  # type: ignore[arg-type,unused-ignore]
+
+    def _start_failed(self, failure: Any) -> None:
+        log.failure("consumer service for {queue!r} stopped trying", failure,
+                    queue=self.queue)
+
+    def _on_message(self, message: Message) -> None:
+        if self._stopping:
+            self._settle(message, "reject", requeue=True)
+            return
+        if len(self._running) >= self.concurrency:
+            self._waiting.append(message)
+            return
+        self._run(message)
+
+    def _run(self, message: Message) -> None:
+        d: Deferred[Any] = maybeDeferred(self.handler, message)
+        d.addCallback(_await_coroutine)
+        if self.handler_timeout is not None:
+            d.addTimeout(self.handler_timeout, self.clock)
+        self._running.add(d)
+        d.addCallbacks(lambda _: self._done(message, None),
+                       lambda f: self._done(message, f))
+        d.addBoth(lambda _: self._finished(d))
+
+    def _done(self, message: Message, failure: Any) -> None:
+        if failure is None:
+            self.stats["acked"] += 1
+            self._settle(message, "ack")
+            return
+        self.stats["failed"] += 1
+        # A handler cut off by the drain deadline did nothing wrong: always requeue it.
+        requeue = self.on_error == "requeue" or (
+            self._stopping and failure.check(CancelledError) is not None)
+        log.failure("handler failed on delivery {tag} from {queue!r}; {action}", failure,
+                    tag=message.delivery_tag, queue=self.queue,
+                    action="requeueing" if requeue else "rejecting")
+        self._settle(message, "reject", requeue=requeue)
+
+    def _settle(self, message: Message, how: str, **kwargs: Any) -> None:
+        channel = message.channel
+        if channel is None or not channel.is_open:
+            self.stats["stale_acks"] += 1
+            log.info("dropping {how} of delivery {tag}: its connection was replaced (the "
+                     "broker requeued it)", how=how, tag=message.delivery_tag)
+            return
+        d: Deferred[None] = getattr(message, how)(**kwargs)
+        d.addErrback(lambda f: log.warn("could not {how} delivery {tag}: {error}", how=how,
+                                        tag=message.delivery_tag, error=f.value))
+
+    def _finished(self, d: Deferred[Any]) -> None:
+        self._running.discard(d)
+        while self._waiting and len(self._running) < self.concurrency:
+            message = self._waiting.popleft()
+            if self._stopping:
+                self._settle(message, "reject", requeue=True)
+            else:
+                self._run(message)
+
+    async def _stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                await consumer.cancel()
+            except Exception as exc:
+                log.info("could not cancel the consumer cleanly: {error}", error=exc)
+        waiting, self._waiting = self._waiting, deque()
+        for message in waiting:
+            self._settle(message, "reject", requeue=True)
+        if self._running:
+            log.info("draining {count} running handlers (up to {timeout} s)",
+                     count=len(self._running), timeout=self.drain_timeout)
+            drained: Deferred[Any] = DeferredList(list(self._running), consumeErrors=True)
+            drained.addTimeout(self.drain_timeout, self.clock)
+            try:
+                await drained
+            except Exception:
+                log.warn("{count} handlers still running after {timeout} s; their messages "
+                         "stay unacked and the broker will redeliver them",
+                         count=len(self._running), timeout=self.drain_timeout)
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            try:
+                await channel.close()
+            except Exception as exc:
+                log.info("could not close the channel cleanly: {error}", error=exc)
+        log.info("stopped consuming {queue!r}", queue=self.queue)
+
+
+def _await_coroutine(result: Any) -> Any:
+    if isinstance(result, Coroutine):
+        return ensureDeferred(result)
+    return result
+
