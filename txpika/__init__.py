@@ -21,6 +21,7 @@ from txpika.errors import (
     ConnectionClosed,
     ConnectionClosedByBroker,
     ConnectionClosedByClient,
+    ConnectionRecovering,
     ConsumerCancelled,
     FlowControlError,
     HeartbeatTimeout,
@@ -30,6 +31,7 @@ from txpika.errors import (
     PreconditionFailed,
     ProtocolError,
     ResourceLocked,
+    ServiceStopped,
     UnroutableError,
     UsageError,
 )
@@ -40,8 +42,12 @@ if TYPE_CHECKING:
     from txpika._connect import connect
     from txpika._consumer import Consumer
     from txpika.channel import Channel
+    from txpika.client import AMQPService
+    from txpika.consumer import ConsumerService
     from txpika.message import Message
     from txpika.protocol import AMQPClientFactory, AMQPProtocol
+    from txpika.publisher import Publisher
+    from txpika.robust import RobustChannel, RobustConsumer
 
 #: Public names that live in Twisted-dependent modules: name -> module.
 _LAZY = {
@@ -51,6 +57,11 @@ _LAZY = {
     "Message": "txpika.message",
     "AMQPClientFactory": "txpika.protocol",
     "AMQPProtocol": "txpika.protocol",
+    "AMQPService": "txpika.client",
+    "ConsumerService": "txpika.consumer",
+    "Publisher": "txpika.publisher",
+    "RobustChannel": "txpika.robust",
+    "RobustConsumer": "txpika.robust",
 }
 
 
@@ -68,6 +79,7 @@ __all__ = [
     "AMQPClientFactory",
     "AMQPError",
     "AMQPProtocol",
+    "AMQPService",
     "AMQPlainCredentials",
     "AccessRefused",
     "AuthenticationError",
@@ -80,8 +92,10 @@ __all__ = [
     "ConnectionClosedByBroker",
     "ConnectionClosedByClient",
     "ConnectionParameters",
+    "ConnectionRecovering",
     "Consumer",
     "ConsumerCancelled",
+    "ConsumerService",
     "ExternalCredentials",
     "FlowControlError",
     "HeartbeatTimeout",
@@ -93,7 +107,11 @@ __all__ = [
     "PlainCredentials",
     "PreconditionFailed",
     "ProtocolError",
+    "Publisher",
     "ResourceLocked",
+    "RobustChannel",
+    "RobustConsumer",
+    "ServiceStopped",
     "UnroutableError",
     "UsageError",
     "connect",

@@ -82,6 +82,7 @@ class Channel:
         self._waiting: deque[_Publish] = deque()
         self._flow_listeners: list[Callable[[bool], object]] = []
         self._close_waiters: list[Deferred[None]] = []
+        self._closed_waiters: list[Deferred[BaseException]] = []
         self._error: BaseException | None = None
         self._flow_active = not self._core.blocked  # opened while blocked
 
@@ -100,6 +101,16 @@ class Channel:
     def flow_active(self) -> bool:
         """False while the broker stops publishers: ``channel.flow`` or ``connection.blocked``."""
         return self._flow_active
+
+    def when_closed(self) -> Deferred[BaseException]:
+        """A new Deferred that fires (never fails) with the error that closed the channel:
+        `txpika.errors.ChannelClosedByClient` after `close`, the broker's channel error, or
+        the connection's error."""
+        if self._error is not None:
+            return succeed(self._error)
+        d: Deferred[BaseException] = Deferred()
+        self._closed_waiters.append(d)
+        return d
 
     def add_flow_listener(self, callback: Callable[[bool], object]) -> None:
         """Call ``callback(active)`` in the same turn as each change of `flow_active`."""
@@ -525,6 +536,9 @@ class Channel:
         waiters, self._close_waiters = self._close_waiters, []
         for d in waiters:
             d.callback(None)
+        watchers, self._closed_waiters = self._closed_waiters, []
+        for watcher in watchers:
+            watcher.callback(error)
         if not isinstance(error, ChannelClosedByClient):
             log.info("channel {channel} closed: {error}", channel=self.channel_number,
                      error=error)

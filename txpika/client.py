@@ -44,6 +44,7 @@ from txpika.robust import RobustChannel, Topology
 
 if TYPE_CHECKING:
     from txpika.channel import Channel
+    from txpika.publisher import Publisher
 
 __all__ = ["AMQPService"]
 
@@ -201,6 +202,14 @@ class AMQPService(Service):
             return robust._attach(protocol).addCallback(lambda _: robust)
 
         return self.connection().addCallback(opened)
+
+    def publisher(self, *, at_least_once: bool = False, max_pending: int = 10000
+                  ) -> Deferred[Publisher]:
+        """A started `txpika.publisher.Publisher` on this service (confirms on; with
+        ``at_least_once`` it holds and republishes unconfirmed messages after recovery)."""
+        from txpika.publisher import Publisher
+
+        return Publisher(self, at_least_once=at_least_once, max_pending=max_pending).start()
 
     def unavailable(self) -> Exception:
         """The error for work attempted now: `ServiceStopped` or `ConnectionRecovering`."""

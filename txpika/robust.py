@@ -281,6 +281,7 @@ class RobustChannel:
         self._confirm = False
         self._consumers: dict[str, RobustConsumer] = {}
         self._closed = False
+        self._reopen_delay = 0.0  # grows while reopening after channel errors keeps failing
 
     def __repr__(self) -> str:
         return f"<RobustChannel {'closed' if self._closed else 'open'} {self._channel!r}>"
@@ -308,8 +309,35 @@ class RobustChannel:
                 consumer.queue = self._service.topology.current_name(consumer.queue)
                 await consumer._start(channel)
             self._channel = channel
+            channel.when_closed().addCallback(self._channel_closed, channel, protocol)
 
         return ensureDeferred(run())
+
+    def _channel_closed(self, error: BaseException, channel: Channel,
+                        protocol: AMQPProtocol) -> None:
+        """The broker closed our channel (a channel error) on a connection that lives on:
+        open a new one with the same QoS, confirm mode and consumers, backing off if the
+        new one fails too. (After a connection loss the service reattaches us instead.)"""
+        from txpika.errors import ChannelClosedByBroker
+
+        if channel is not self._channel or self._closed:
+            return
+        self._channel = None
+        if not isinstance(error, ChannelClosedByBroker) or not protocol.is_open:
+            return
+        delay = self._reopen_delay
+        self._reopen_delay = min(30.0, max(0.1, delay * 2))
+        log.warn("channel closed by the broker ({error}); reopening in {delay} s",
+                 error=error, delay=delay)
+
+        def reopen() -> None:
+            if self._closed or self._channel is not None or not protocol.is_open:
+                return
+            self._attach(protocol).addCallbacks(
+                lambda _: setattr(self, "_reopen_delay", 0.0),
+                lambda f: log.warn("could not reopen the channel: {error}", error=f.value))
+
+        self._service.clock.callLater(delay, reopen)
 
     def _detach(self, error: BaseException) -> None:
         self._channel = None

@@ -1,0 +1,164 @@
+"""`Publisher`: confirmed publishing on an `txpika.client.AMQPService` that never loses a
+message silently.
+
+Every publish is confirmed. Its Deferred fires with ``None`` on the broker's ack, or fails
+with a definite answer: `txpika.errors.NackError`, `txpika.errors.UnroutableError`
+(``mandatory``), or, when the outcome is unknown because the connection was lost first,
+`txpika.errors.OutcomeUnknownError`. While the service is recovering a publish fails at
+once with `txpika.errors.ConnectionRecovering`.
+
+With ``at_least_once=True`` the publisher instead holds every message until the broker
+acks it: publishes made while recovering wait, and those whose outcome a lost connection
+left unknown are published again, in order, on the next connection. A message may then
+arrive twice (hence "at least once"); consumers should be idempotent. What it holds is
+bounded by ``max_pending`` messages: past that, a publish fails at once with
+`txpika.errors.FlowControlError` rather than growing memory without limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+
+from txpika.errors import ConnectionRecovering, FlowControlError, OutcomeUnknownError
+
+if TYPE_CHECKING:
+    from txpika.client import AMQPService
+    from txpika.robust import RobustChannel
+
+__all__ = ["Publisher"]
+
+log = Logger()
+
+
+class _Pending:
+    __slots__ = ("args", "deferred", "sent")
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+        self.deferred: Deferred[None] = Deferred()
+        self.sent = False
+
+
+class Publisher:
+    """Confirmed publishing over a reconnecting service. See the module docstring.
+
+    Call `start` (or use `txpika.client.AMQPService.publisher`) before publishing.
+    """
+
+    def __init__(self, service: AMQPService, *, at_least_once: bool = False,
+                 max_pending: int = 10000) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.service = service
+        self.at_least_once = at_least_once
+        self.max_pending = max_pending
+        self._channel: RobustChannel | None = None
+        self._pending: deque[_Pending] = deque()  # held until acked (at-least-once)
+        self._republished = 0
+        self._unsent = 0  # held messages not on the wire
+        service.add_state_listener(self._state_changed)
+
+    @property
+    def pending(self) -> int:
+        """Messages held until the broker acks them (at-least-once mode)."""
+        return len(self._pending)
+
+    @property
+    def republished(self) -> int:
+        """How many messages were published again after a lost connection."""
+        return self._republished
+
+    def start(self) -> Deferred[Publisher]:
+        """Open the publisher's confirm-mode channel (waiting for the service to be open).
+        Fires with the publisher."""
+        def opened(channel: RobustChannel) -> Deferred[Publisher]:
+            self._channel = channel
+            return channel.confirm_select().addCallback(lambda _: self)
+
+        return self.service.channel().addCallback(opened)
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, properties: Any = None,
+                mandatory: bool = False) -> Deferred[None]:
+        """Publish with confirms; see the module docstring for how it fires and fails."""
+        args = (exchange, routing_key, body, properties, mandatory)
+        if not self.at_least_once:
+            if self._channel is None:
+                return fail(ConnectionRecovering("the publisher is not started"))
+            return self._channel.basic_publish(*args)
+        if len(self._pending) >= self.max_pending:
+            return fail(FlowControlError(
+                f"{len(self._pending)} messages await the broker's ack (max_pending)"))
+        pending = _Pending(args)
+        self._pending.append(pending)
+        channel = self._channel
+        if self._unsent or channel is None or not channel.is_open:
+            self._unsent += 1  # nothing overtakes a message waiting to be (re)sent
+        else:
+            self._send(pending)
+        return pending.deferred
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _send(self, pending: _Pending) -> None:
+        assert self._channel is not None
+        pending.sent = True
+        d = self._channel.basic_publish(*pending.args)
+        d.addCallbacks(lambda _: self._acked(pending), lambda f: self._failed(pending, f))
+
+    def _acked(self, pending: _Pending) -> None:
+        self._forget(pending)
+        pending.deferred.callback(None)
+
+    def _failed(self, pending: _Pending, failure: Any) -> None:
+        if _retriable(failure.value):
+            pending.sent = False  # held: published again on the next connection
+            self._unsent += 1
+            return
+        self._forget(pending)
+        pending.deferred.errback(failure)
+
+    def _forget(self, pending: _Pending) -> None:
+        with contextlib.suppress(ValueError):
+            self._pending.remove(pending)
+
+    def _state_changed(self, state: str) -> None:
+        if state == "open" and self.at_least_once:
+            self._flush()
+
+    def _flush(self) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open or not self._unsent:
+            return
+        count = 0
+        for pending in list(self._pending):
+            if not pending.sent:
+                count += 1
+                self._send(pending)
+        self._unsent = 0
+        self._republished += count
+        log.info("published {count} held messages after recovery", count=count)
+
+
+def _retriable(error: BaseException) -> bool:
+    """True when a lost connection, not the broker, ended the publish: worth another try.
+
+    NackError, UnroutableError, UsageError and a channel the broker closed (for example a
+    missing exchange) are definite answers and are never retried.
+    """
+    from twisted.internet.error import ConnectionClosed as TransportClosed
+
+    from txpika.errors import AMQPError, ChannelClosed, ConnectionClosed
+
+    if isinstance(error, OutcomeUnknownError):
+        reason = error.reason
+        return not isinstance(reason, ChannelClosed)
+    if isinstance(error, (ConnectionRecovering, ConnectionClosed)):
+        return True
+    if isinstance(error, AMQPError):
+        return False
+    return isinstance(error, (TransportClosed, ConnectionError))
