@@ -31,6 +31,7 @@ from txpika import spec, spec_0_8
 from txpika.channel import Channel
 from txpika.errors import (
     ChannelClosedByBroker,
+    ChannelClosedByClient,
     ConnectionForced,
     FlowControlError,
     NackError,
@@ -500,26 +501,57 @@ def test_transport_pausing_in_the_middle_of_a_drain() -> None:
     transport.high_water = 100
     h.protocol.pauseProducing()
     ds = [ch.basic_publish("", f"k{i}", b"x" * 80) for i in range(3)]
+    for d in ds:
+        no_result(d)
+    assert transport.value() == b""
     pauses = transport.pauses
     h.protocol.resumeProducing()
-    assert transport.pauses == pauses + 1  # by the first publish's write
-    success(ds[0])
-    no_result(ds[1])
-    no_result(ds[2])
+    # What waited goes out as one write (in order), which pauses the transport again.
+    assert transport.pauses == pauses + 1
+    for d in ds:
+        success(d)
     late = ch.basic_publish("", "late", b"y")
-    no_result(late)  # does not overtake the waiting ones
-    assert _publishes(h) == [(1, "k0", b"x" * 80)]
-    h.protocol.resumeProducing()
-    success(ds[1])
-    no_result(ds[2])
-    assert _publishes(h) == [(1, "k1", b"x" * 80)]
-    h.protocol.resumeProducing()
-    success(ds[2])
-    no_result(late)
-    assert _publishes(h) == [(1, "k2", b"x" * 80)]
+    no_result(late)  # the transport is paused: it waits, behind the others
+    assert _publishes(h) == [(1, f"k{i}", b"x" * 80) for i in range(3)]
     h.protocol.resumeProducing()
     success(late)
     assert _publishes(h) == [(1, "late", b"y")]
+
+
+def test_calls_keep_their_order_behind_publishes_held_for_the_transport(
+        h: Harness, ch: Channel) -> None:
+    h.protocol.pauseProducing()
+    published = [ch.basic_publish("", "q", str(i).encode()) for i in range(5)]
+    declared = ch.queue_declare("q", passive=True)
+    committed = ch.tx_select()
+    assert h.transport.value() == b""
+    h.protocol.resumeProducing()
+    for d in published:
+        success(d)
+    commands = h.broker.commands()
+    names = [c.method.NAME for c in commands]
+    assert names == ["basic.publish"] * 5 + ["queue.declare"]  # tx.select waits its turn
+    no_result(declared)
+    no_result(committed)
+
+
+def test_calls_keep_their_order_behind_publishes_held_by_flow_control(
+        h: Harness, ch: Channel) -> None:
+    h.broker.send(0, m.Connection.Blocked("memory"))
+    published = [ch.basic_publish("", "q", str(i).encode()) for i in range(3)]
+    declared = ch.queue_declare("q", passive=True)
+    closing = ch.close()
+    h.broker.expect_nothing()  # everything waits for the broker to unblock
+    h.broker.send(0, m.Connection.Unblocked())
+    for d in published:
+        success(d)
+    names = [c.method.NAME for c in h.broker.commands()]
+    # close() goes out at once (it does not wait for the declare's reply), but after it.
+    assert names == ["basic.publish"] * 3 + ["queue.declare", "channel.close"]
+    h.broker.send(1, m.Queue.DeclareOk("q", 3, 0))  # dropped: the channel is closing
+    h.broker.send(1, m.Channel.CloseOk())
+    success(closing)
+    failure(declared, ChannelClosedByClient)
 
 
 def test_waiting_publish_times_out_and_is_never_sent(h: Harness, ch: Channel) -> None:

@@ -55,17 +55,22 @@ class _Call(Generic[T]):
         self.done = True  # the reply, when it comes, is absorbed
 
 
-class _Publish:
-    """A publish waiting for the broker or the transport to accept more."""
+class _Held:
+    """Work held while the broker stops publishers on the channel (flow policy "wait"): a
+    publish (``args``) or, queued behind held publishes to keep the channel's order, a
+    call (``run``)."""
 
-    __slots__ = ("args", "deferred")
+    __slots__ = ("args", "deferred", "run")
 
-    def __init__(self, args: tuple[Any, ...]) -> None:
+    def __init__(self, args: tuple[Any, ...] | None, run: Callable[[], None] | None = None,
+                 deferred: Deferred[Any] | None = None) -> None:
         self.args = args
-        self.deferred: Deferred[None] = Deferred(self._cancel)
+        self.run = run
+        self.deferred: Deferred[Any] = deferred or Deferred(self._cancel)
 
-    def _cancel(self, d: Deferred[None]) -> None:
-        self.args = ()  # skipped when the queue drains
+    def _cancel(self, d: Deferred[Any]) -> None:
+        self.args = None  # skipped when the queue drains
+        self.run = None
 
 
 class Channel:
@@ -79,7 +84,9 @@ class Channel:
         self._calls: deque[_Call[Any]] = deque()
         self._confirms: dict[int, Deferred[None]] = {}
         self._consumers: dict[str, Consumer] = {}
-        self._waiting: deque[_Publish] = deque()
+        self._held: deque[_Held] = deque()
+        self._settlers = {"ack": self._core.basic_ack, "nack": self._core.basic_nack,
+                          "reject": self._core.basic_reject}
         self._flow_listeners: list[Callable[[bool], object]] = []
         self._close_waiters: list[Deferred[None]] = []
         self._closed_waiters: list[Deferred[BaseException]] = []
@@ -258,11 +265,13 @@ class Channel:
     ) -> Deferred[None]:
         """Publish a message.
 
-        Without confirms, fires with ``None`` once the frames are handed to the transport;
-        while the transport is over its high-water mark, or the broker blocks publishers
-        and the flow policy is ``"wait"``, it waits. In confirm mode it fires on the broker's
-        ack, or fails with `txpika.errors.NackError`, `txpika.errors.UnroutableError`
-        (``mandatory`` and unroutable; ``.message`` is what came back) or
+        Without confirms, fires with ``None`` once the frames are handed to the transport,
+        so while the transport is over its high-water mark it waits; while the broker blocks
+        publishers and the flow policy is ``"wait"``, the publish is held (and so are later
+        calls on this channel, to keep their order) until the broker lets it go on. In
+        confirm mode it fires on the broker's ack, or fails with `txpika.errors.NackError`,
+        `txpika.errors.UnroutableError` (``mandatory`` and unroutable; ``.message`` is what
+        came back) or
         `txpika.errors.OutcomeUnknownError` (the channel or connection closed first). With
         the ``"raise"`` flow policy it fails at once with `txpika.errors.FlowControlError`
         while the broker blocks publishers.
@@ -273,12 +282,12 @@ class Channel:
             return fail(FlowControlError(
                 f"the broker stopped publishers ({self._protocol.blocked_reason or 'flow'})"))
         args = (exchange, routing_key, body, properties, mandatory)
-        if self._waiting or not self._writable():
-            pending = _Publish(args)
-            self._waiting.append(pending)
-            d = pending.deferred
+        if self._held or not self._flow_active:
+            held = _Held(args)
+            self._held.append(held)
+            d = held.deferred
         else:
-            d = self._publish_now(args)
+            d = self._publish_now(args, None)
         if timeout is not None:
             d.addTimeout(timeout, self._protocol.clock)
         return d
@@ -344,11 +353,17 @@ class Channel:
         d: Deferred[None] = Deferred()
         self._close_waiters.append(d)
         if len(self._close_waiters) == 1:
-            try:
-                self._core.close_channel(self.channel_number, reply_code, reply_text)
-            except Exception as exc:
-                self._closed(exc)
-            self._protocol._flush()
+            def send() -> None:
+                try:
+                    self._core.close_channel(self.channel_number, reply_code, reply_text)
+                except Exception as exc:
+                    self._closed(exc)
+                self._protocol._flush()
+
+            if self._held:
+                self._held.append(_Held(None, send, succeed(None)))
+            else:
+                send()
         return d
 
     # -- internals: requests --------------------------------------------------------------------
@@ -358,19 +373,38 @@ class Channel:
         if self._error is not None:
             return fail(self._error)
         call: _Call[Any] = _Call(method, convert or _identity)
-        try:
-            self._core.send_method(self.channel_number, method)
-        except Exception as exc:
-            return fail(exc)
-        if getattr(method, "nowait", False):
-            call.deferred.callback(None)
-            return call.deferred
-        self._calls.append(call)
-        self._protocol._flush()
         d = call.deferred
+        if self._held:
+            # Publishes are held (broker flow control): this call goes after them.
+            self._held.append(_Held(None, lambda: self._send_call(call), d))
+        else:
+            try:
+                self._core.send_method(self.channel_number, method)
+            except Exception as exc:
+                return fail(exc)
+            self._sent_call(call)
         if timeout is not None:
             d.addTimeout(timeout, self._protocol.clock)
         return d
+
+    def _send_call(self, call: _Call[Any]) -> None:
+        if call.done or self._error is not None:
+            return
+        try:
+            self._core.send_method(self.channel_number, call.method)
+        except Exception as exc:
+            call.done = True
+            call.deferred.errback(exc)
+            return
+        self._sent_call(call)
+
+    def _sent_call(self, call: _Call[Any]) -> None:
+        if getattr(call.method, "nowait", False):
+            call.done = True
+            call.deferred.callback(None)
+            return
+        self._calls.append(call)
+        self._protocol._flush()
 
     def _settle_deferred(self, how: str, delivery_tag: int, **kwargs: Any) -> Deferred[None]:
         if self._error is not None:
@@ -388,35 +422,44 @@ class Channel:
             raise UsageError(
                 f"channel {self.channel_number} is closed ({self._error}); delivery "
                 f"{delivery_tag} can no longer be settled")
-        getattr(self._core, f"basic_{how}")(self.channel_number, delivery_tag, **kwargs)
+        self._settlers[how](self.channel_number, delivery_tag, **kwargs)
         self._protocol._flush()
 
-    def _writable(self) -> bool:
-        return self._flow_active and not self._protocol._paused
-
-    def _publish_now(self, args: tuple[Any, ...]) -> Deferred[None]:
+    def _publish_now(self, args: tuple[Any, ...], waiter: Deferred[None] | None
+                     ) -> Deferred[None]:
         exchange, routing_key, body, properties, mandatory = args
+        protocol = self._protocol
+        holding = protocol._holding()
+        if holding:
+            protocol._stash()  # so that the core's next output is this publish alone
         try:
             tag = self._core.basic_publish(self.channel_number, exchange, routing_key, body,
                                            properties, mandatory)
         except Exception as exc:
+            if waiter is not None:
+                waiter.errback(exc)
+                return waiter
             return fail(exc)
-        self._protocol._flush()
         if not tag:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
+            # Fires once the frames are handed to the transport: at once, unless the
+            # transport is over its high-water mark.
+            if holding:
+                return protocol._hold_publish(waiter)
+            return protocol._when_written(waiter)
+        d: Deferred[None] = waiter or Deferred()
         self._confirms[tag] = d
+        self._protocol._flush()
         return d
 
-    def _drain_waiting(self) -> None:
-        """Publish what waited, in order, while the channel stays writable."""
-        waiting = self._waiting
-        while waiting and self._error is None and self._writable():
-            pending = waiting.popleft()
-            if not pending.args:
-                continue  # cancelled while waiting
-            result = self._publish_now(pending.args)
-            result.chainDeferred(pending.deferred)
+    def _drain_held(self) -> None:
+        """Send what was held, in order, while the broker lets publishers go on."""
+        held = self._held
+        while held and self._error is None and self._flow_active:
+            item = held.popleft()
+            if item.args is not None:
+                self._publish_now(item.args, item.deferred)
+            elif item.run is not None:
+                item.run()
 
     # -- internals: events from the protocol ---------------------------------------------------
 
@@ -430,17 +473,15 @@ class Channel:
             except Exception:
                 log.failure("flow listener {listener} failed", listener=listener)
         if active:
-            self._drain_waiting()
-        elif self._protocol.parameters.flow_policy == "raise":
-            self._fail_waiting(FlowControlError("the broker stopped publishers"))
+            self._drain_held()
 
-    def _fail_waiting(self, error: BaseException) -> None:
-        waiting = self._waiting
-        self._waiting = deque()
-        for pending in waiting:
-            if pending.args:
-                pending.args = ()
-                pending.deferred.errback(error)
+    def _fail_held(self, error: BaseException) -> None:
+        held, self._held = self._held, deque()
+        for item in held:
+            if item.args is not None or item.run is not None:
+                item.args = item.run = None
+                if not item.deferred.called:
+                    item.deferred.errback(error)
 
     def _on_reply(self, method: Any) -> None:
         # ``method`` is a Method, or a Message for basic.get-ok (which has no NAME).
@@ -529,7 +570,7 @@ class Channel:
         confirms, self._confirms = self._confirms, {}
         for d in confirms.values():
             d.errback(OutcomeUnknownError(error))
-        self._fail_waiting(error)
+        self._fail_held(error)
         consumers, self._consumers = self._consumers, {}
         for consumer in consumers.values():
             consumer._end(error)

@@ -282,6 +282,11 @@ class Connection:
         self._out = []
         return b"".join(out)
 
+    @property
+    def pending_chunks(self) -> int:
+        """How many pieces of output are queued (see `chunks_to_send`)."""
+        return len(self._out)
+
     def chunks_to_send(self) -> list[bytes | memoryview]:
         """Everything queued for the peer, as pieces that avoid copying large bodies."""
         out = self._out

@@ -20,10 +20,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txpika import events as ev
-from txpika import spec, spec_0_8
+from txpika import spec
 from txpika.channel import Channel
 from txpika.connection import NEED_DATA, Connection, ConnState
-from txpika.errors import ConnectionClosedByClient
+from txpika.errors import ConnectionClosedByClient, FlowControlError
 from txpika.message import Message
 from txpika.parameters import ConnectionParameters
 
@@ -35,12 +35,36 @@ log = Logger()
 CLOSE_TIMEOUT = 10.0
 #: How many bytes of a large message are copied into the transport at a time.
 _WRITE_BATCH = 262144
+#: Output pieces that may wait for the end of an event batch before being written.
+_MAX_DEFERRED_CHUNKS = 64
+
+
+def _dialect(name: str) -> Any:
+    if name == "0-8":
+        from txpika import spec_0_8  # imported only when asked for (it is large)
+
+        return spec_0_8.DIALECT
+    return spec.DIALECT
 
 
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
     return reactor  # type: ignore[return-value,unused-ignore]
+
+
+class _Unsent:
+    """One publish's frames held for a paused transport, and the Deferred of the publish."""
+
+    __slots__ = ("chunks", "deferred")
+
+    def __init__(self, chunks: list[bytes | memoryview],
+                 waiter: Deferred[None] | None) -> None:
+        self.chunks: list[bytes | memoryview] | None = chunks
+        self.deferred: Deferred[None] = waiter or Deferred(self._cancel)
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        self.chunks = None  # dropped by the writer: the message is never sent
 
 
 @implementer(IPushProducer)
@@ -59,7 +83,7 @@ class AMQPProtocol(Protocol):
         self.clock: IReactorTime = clock or _default_clock()
         p = self.parameters
         self._core = Connection(
-            dialect=spec_0_8.DIALECT if p.protocol == "0-8" else spec.DIALECT,
+            dialect=_dialect(p.protocol),
             credentials=p.credentials,
             virtual_host=p.virtual_host,
             channel_max=p.channel_max,
@@ -78,7 +102,9 @@ class AMQPProtocol(Protocol):
         self._error: BaseException | None = None
         self._opened = False
         self._paused = False
-        self._backlog: deque[bytes | memoryview] = deque()  # held while paused
+        # Output held while the transport is paused, in order: bytes, memoryview pieces of
+        # large bodies, and Deferreds to fire once the writer gets past them.
+        self._backlog: deque[Any] = deque()
         self._losing = False
         self._writing = False
         self._readers_paused: set[object] = set()
@@ -221,6 +247,14 @@ class AMQPProtocol(Protocol):
         self._core.connection_lost(lost)
         self._drain()
         error = self._error or lost
+        backlog, self._backlog = self._backlog, deque()
+        for item in backlog:
+            if type(item) is _Unsent:
+                if item.chunks is not None:
+                    item.chunks = None
+                    item.deferred.errback(error)
+            elif isinstance(item, Deferred):
+                item.errback(error)
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(error)
@@ -235,10 +269,6 @@ class AMQPProtocol(Protocol):
         if self._writing:
             return  # called from inside our own write: the loop writing goes on
         self._flush()
-        if self._paused:
-            return
-        for channel in list(self._channels.values()):
-            channel._drain_waiting()
 
     def stopProducing(self) -> None:
         self._paused = True
@@ -248,6 +278,8 @@ class AMQPProtocol(Protocol):
     def _flush(self) -> None:
         """Hand what the core queued to the transport, holding back while it is paused.
 
+        While events are being dispatched (``_drain``) small output waits for the end of
+        the batch, so that many publishes or acks made from callbacks go out in one write.
         Small writes go straight through. A large body arrives as memoryview pieces of the
         caller's bytes; they are copied into the transport one batch at a time, only while
         the transport is below its high-water mark, so a 64 MiB message never sits in the
@@ -255,7 +287,10 @@ class AMQPProtocol(Protocol):
         """
         if self._transport_gone or self.transport is None:
             return
-        chunks = self._core.chunks_to_send()
+        core = self._core
+        if self._draining and core.pending_chunks < _MAX_DEFERRED_CHUNKS:
+            return  # _drain flushes once its batch of events is done
+        chunks = core.chunks_to_send()
         if chunks:
             backlog = self._backlog
             if backlog or self._paused or self._writing:
@@ -269,11 +304,51 @@ class AMQPProtocol(Protocol):
                     self.transport.writeSequence(chunks)  # type: ignore[arg-type]
         if self._backlog and not self._paused and not self._writing:
             self._write_backlog()
-        if self._core.state is ConnState.CLOSED and not self._backlog and not self._losing:
+        if core.state is ConnState.CLOSED and not self._backlog and not self._losing:
             self._losing = True
             # A TLS transport sends its close_notify only once no producer is registered.
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
+
+    def _holding(self) -> bool:
+        """True while output waits in the backlog rather than going to the transport."""
+        return bool(self._backlog) or self._paused or self._writing
+
+    def _stash(self) -> None:
+        """Move what the core queued so far into the backlog (keeping the order)."""
+        self._backlog.extend(self._core.chunks_to_send())
+
+    def _when_written(self, waiter: Deferred[None] | None = None) -> Deferred[None]:
+        """A Deferred that fires once everything queued so far is handed to the transport
+        (``waiter`` if given)."""
+        self._flush()
+        if not self._backlog and not self._core.pending_chunks:
+            if waiter is None:
+                return succeed(None)
+            waiter.callback(None)
+            return waiter
+        d: Deferred[None] = waiter or Deferred()
+        self._stash()
+        self._backlog.append(d)  # a marker: fired when the writer gets past it
+        return d
+
+    def _hold_publish(self, waiter: Deferred[None] | None) -> Deferred[None]:
+        """The core just queued one publish's frames (and nothing else: see `_stash`) while
+        the transport is paused: hold them as one unit, so that a timeout or cancel before
+        they are written drops them (the message is then never sent), and so does the
+        ``raise`` flow policy when the broker blocks publishers."""
+        unsent = _Unsent(self._core.chunks_to_send(), waiter)
+        self._backlog.append(unsent)
+        if not self._paused and not self._writing:
+            self._write_backlog()
+        return unsent.deferred
+
+    def _drop_unsent(self, error: BaseException) -> None:
+        """Fail the publishes held for the transport, which are then never sent."""
+        for item in self._backlog:
+            if type(item) is _Unsent and item.chunks is not None:
+                item.chunks = None
+                item.deferred.errback(error)
 
     def _write_backlog(self) -> None:
         backlog = self._backlog
@@ -282,14 +357,31 @@ class AMQPProtocol(Protocol):
         try:
             while backlog and not self._paused:
                 batch: list[bytes] = []
+                written: list[Deferred[None]] = []
                 size = 0
                 while backlog and size < _WRITE_BATCH:
-                    chunk = backlog.popleft()
-                    if type(chunk) is not bytes:
-                        chunk = bytes(chunk)
-                    batch.append(chunk)
-                    size += len(chunk)
-                write(batch)  # may call pauseProducing() and stop the loop
+                    item = backlog.popleft()
+                    kind = type(item)
+                    if kind is bytes:
+                        batch.append(item)
+                        size += len(item)
+                    elif kind is memoryview:
+                        batch.append(bytes(item))
+                        size += len(item)
+                    elif kind is _Unsent:
+                        if item.chunks is None:
+                            continue  # cancelled, timed out or refused: never sent
+                        for chunk in item.chunks:
+                            batch.append(chunk if type(chunk) is bytes else bytes(chunk))
+                            size += len(chunk)
+                        item.chunks = None
+                        written.append(item.deferred)
+                    else:
+                        written.append(item)
+                if batch:
+                    write(batch)  # may call pauseProducing() and stop the loop
+                for d in written:
+                    d.callback(None)
         finally:
             self._writing = False
 
@@ -400,6 +492,8 @@ class AMQPProtocol(Protocol):
                 listener(not blocked, reason)
             except Exception:
                 log.failure("flow listener {listener} failed", listener=listener)
+        if blocked and self.parameters.flow_policy == "raise":
+            self._drop_unsent(FlowControlError(f"the broker blocked publishers: {reason}"))
         for channel in list(self._channels.values()):
             channel._set_flow(not blocked and self._core.flow_active(channel.channel_number))
 
