@@ -525,8 +525,8 @@ class Channel:
                 if self._core.awaiting_ack(self.channel_number, method.delivery_tag):
                     self._settle_deferred("reject", method.delivery_tag, requeue=True)
                 return
-            consumer._deliver(Message(self, method, properties, body,
-                                      auto_ack=consumer.auto_ack))
+            consumer._deliver(Message._delivered(self, method, properties, body,
+                                                 consumer.auto_ack))
         elif name == "basic.get-ok":
             auto_ack = not self._core.awaiting_ack(self.channel_number, method.delivery_tag)
             self._on_reply(Message(self, method, properties, body, auto_ack=auto_ack))

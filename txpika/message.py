@@ -61,6 +61,25 @@ class Message:
         # Returned messages and auto-acked deliveries cannot be settled.
         self._settled = auto_ack or self.reply_code is not None
 
+    @classmethod
+    def _delivered(cls, channel: Channel, method: Any, properties: Any, body: bytes,
+                   auto_ack: bool) -> Message:
+        """A ``basic.deliver``: the hot path, without the generic lookups of __init__."""
+        self = cls.__new__(cls)
+        self.channel = channel
+        self.properties = properties
+        self.body = body
+        self.exchange = method.exchange
+        self.routing_key = method.routing_key
+        self.delivery_tag = method.delivery_tag
+        self.redelivered = method.redelivered
+        self.consumer_tag = method.consumer_tag
+        self.message_count = None
+        self.reply_code = None
+        self.reply_text = None
+        self._settled = auto_ack
+        return self
+
     def __repr__(self) -> str:
         return (
             f"<Message delivery_tag={self.delivery_tag} exchange={self.exchange!r} "
