@@ -24,7 +24,8 @@ def _parameters(target: str | ConnectionParameters, overrides: dict[str, Any]
             f"connect() takes a URL, ConnectionParameters or endpoint description, not "
             f"{type(target).__name__}")
     lowered = target.lower()
-    if lowered.startswith(("amqp://", "amqps://")):
+    if lowered.startswith(("amqp://", "amqps://")) or "://" in target:
+        # parse_url refuses any other scheme (http://...): no endpoint description has "://".
         return parse_url(target, **overrides)
     if ":" not in target:
         raise InvalidParameter(

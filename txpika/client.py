@@ -108,8 +108,8 @@ class AMQPService(Service):
     (tried in turn); ``overrides`` apply to each. ``setup(channel)`` (optional; may return
     a Deferred or a coroutine) runs on a fresh channel of every new connection instead of
     the recorded topology. ``retry_policy`` maps the number of failed attempts in a row to
-    the delay before the next (default: exponential backoff from 0.5 s to 30 s with up to
-    1 s of jitter). ``clock`` defaults to ``reactor``.
+    the delay before the next (default: exponential backoff, 1 s, 2 s, 4 s ... up to
+    30 s, each plus up to 1 s of jitter). ``clock`` defaults to ``reactor``.
     """
 
     def __init__(
@@ -181,7 +181,8 @@ class AMQPService(Service):
         Fails with `txpika.errors.ServiceStopped` if the service is not running (or stops
         while waiting), or `twisted.internet.defer.TimeoutError` after ``timeout`` seconds.
         """
-        if self._state in (OPEN, BLOCKED) and self._protocol is not None:
+        if self._state in (OPEN, BLOCKED) and self._protocol is not None and (
+                self._protocol.is_open):  # not one the broker closed, going away now
             return succeed(self._protocol)
         if self._state == CLOSED:
             return fail(ServiceStopped("the service is not running"))
@@ -199,7 +200,12 @@ class AMQPService(Service):
         def opened(protocol: AMQPProtocol) -> Deferred[RobustChannel]:
             robust = RobustChannel(self)
             self._channels.append(robust)
-            return robust._attach(protocol).addCallback(lambda _: robust)
+
+            def failed(failure: Any) -> Any:
+                self._forget(robust)  # nobody holds it: never reopen it
+                return failure
+
+            return robust._attach(protocol).addCallbacks(lambda _: robust, failed)
 
         return self.connection().addCallback(opened)
 
@@ -239,6 +245,8 @@ class AMQPService(Service):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(ServiceStopped("the service stopped"))
+        for robust in list(self._channels):
+            robust._service_stopped(ServiceStopped("the service stopped"))
         closing: Deferred[Any] = succeed(None)
         if protocol is not None and protocol.is_open:
             closing = protocol.close()
@@ -284,8 +292,16 @@ class AMQPService(Service):
         def failed(failure: Any) -> Any:
             log.warn("could not open {broker}: {error}", broker=broker.describe(),
                      error=failure.value)
+            # ClientService forgets a connection it rejects, yet would still be told when it
+            # drops: a notice its state machine has no transition for (NoTransition raised
+            # from connectionLost), or, once the next connection is up, one it takes for the
+            # loss of that one. Silence it, and make sure the rejected connection goes away.
+            if hasattr(proxy, "_lostNotification"):
+                proxy._lostNotification = lambda reason: None
             if protocol.transport is not None and protocol.is_open:
                 protocol.close()
+            elif not protocol._losing:
+                protocol._abort()  # e.g. stopped during the handshake
             return failure
 
         return protocol.ready.addCallback(restore).addCallback(ready).addErrback(failed)

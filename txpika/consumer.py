@@ -137,7 +137,9 @@ class ConsumerService(Service):
                 for exchange, routing_key in self.bindings:
                     await channel.queue_bind(self.queue, exchange, routing_key)
                 await channel.basic_qos(prefetch_count=self.prefetch)
-                self._consumer = await channel.basic_consume(self.queue, self._on_message)
+                # cancelled by the broker (queue deleted, node failover): consume again
+                self._consumer = await channel.basic_consume(self.queue, self._on_message,
+                                                             on_cancel="reconsume")
                 self._channel = channel
                 log.info("consuming {queue!r} (prefetch {prefetch}, concurrency "
                          "{concurrency})", queue=self.queue, prefetch=self.prefetch,
@@ -156,6 +158,13 @@ class ConsumerService(Service):
                 await deferLater(self.clock, 1.0)  # type: ignore[arg-type,unused-ignore]
 
     def _start_failed(self, failure: Any) -> None:
+        from txpika.errors import ServiceStopped
+
+        if failure.check(ServiceStopped) is not None and not self.running:
+            # Stopped (SIGTERM, say) before the first connection opened: a normal stop.
+            log.info("consumer service for {queue!r} stopped before it started consuming",
+                     queue=self.queue)
+            return
         log.failure("consumer service for {queue!r} stopped trying", failure,
                     queue=self.queue)
 
@@ -209,6 +218,10 @@ class ConsumerService(Service):
             message = self._waiting.popleft()
             if self._stopping:
                 self._settle(message, "reject", requeue=True)
+            elif message.channel is None or not message.channel.is_open:
+                # the broker requeued it with its connection: the new one redelivers it
+                log.info("skipping delivery {tag} from {queue!r}: its connection was "
+                         "replaced", tag=message.delivery_tag, queue=self.queue)
             else:
                 self._run(message)
 
@@ -225,14 +238,16 @@ class ConsumerService(Service):
         if self._running:
             log.info("draining {count} running handlers (up to {timeout} s)",
                      count=len(self._running), timeout=self.drain_timeout)
+            running = len(self._running)
             drained: Deferred[Any] = DeferredList(list(self._running), consumeErrors=True)
             drained.addTimeout(self.drain_timeout, self.clock)
             try:
                 await drained
             except Exception:
-                log.warn("{count} handlers still running after {timeout} s; their messages "
-                         "stay unacked and the broker will redeliver them",
-                         count=len(self._running), timeout=self.drain_timeout)
+                # The timeout cancelled the handlers still running; each was requeued.
+                log.warn("handlers were still running after {timeout} s: cancelled them "
+                         "and requeued their messages ({count} running when draining began)",
+                         count=running, timeout=self.drain_timeout)
         channel, self._channel = self._channel, None
         if channel is not None:
             try:

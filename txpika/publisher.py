@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from txpika.errors import ConnectionRecovering, FlowControlError, OutcomeUnknownError
+from txpika.errors import (
+    ConnectionRecovering,
+    FlowControlError,
+    OutcomeUnknownError,
+    ServiceStopped,
+)
 
 if TYPE_CHECKING:
     from txpika.client import AMQPService
@@ -36,12 +41,13 @@ log = Logger()
 
 
 class _Pending:
-    __slots__ = ("args", "deferred", "sent")
+    __slots__ = ("args", "deferred", "sent", "tried")
 
     def __init__(self, args: tuple[Any, ...]) -> None:
         self.args = args
         self.deferred: Deferred[None] = Deferred()
-        self.sent = False
+        self.sent = False  # on the wire now, awaiting the broker's answer
+        self.tried = False  # was published at least once
 
 
 class Publisher:
@@ -78,6 +84,8 @@ class Publisher:
         Fires with the publisher."""
         def opened(channel: RobustChannel) -> Deferred[Publisher]:
             self._channel = channel
+            # reopened after a channel error: the service stays open, so no state change
+            channel._attached_listeners.append(self._reopened)
             return channel.confirm_select().addCallback(lambda _: self)
 
         return self.service.channel().addCallback(opened)
@@ -106,7 +114,9 @@ class Publisher:
 
     def _send(self, pending: _Pending) -> None:
         assert self._channel is not None
-        pending.sent = True
+        if pending.tried:
+            self._republished += 1
+        pending.sent = pending.tried = True
         d = self._channel.basic_publish(*pending.args)
         d.addCallbacks(lambda _: self._acked(pending), lambda f: self._failed(pending, f))
 
@@ -115,7 +125,7 @@ class Publisher:
         pending.deferred.callback(None)
 
     def _failed(self, pending: _Pending, failure: Any) -> None:
-        if _retriable(failure.value):
+        if _retriable(failure.value) and self.service.state != "closed":
             pending.sent = False  # held: published again on the next connection
             self._unsent += 1
             return
@@ -129,6 +139,26 @@ class Publisher:
     def _state_changed(self, state: str) -> None:
         if state == "open" and self.at_least_once:
             self._flush()
+        elif state == "closed":
+            self._fail_held()
+
+    def _reopened(self) -> None:
+        if self.service.state == "open" and self.at_least_once:
+            self._flush()
+
+    def _fail_held(self) -> None:
+        """The service stopped: what is held will never be sent; say so (what is on the
+        wire fails with `OutcomeUnknownError` as the connection closes)."""
+        held = [pending for pending in self._pending if not pending.sent]
+        self._unsent = 0
+        for pending in held:
+            self._forget(pending)
+            if pending.tried:
+                error: Exception = OutcomeUnknownError(
+                    "the service stopped before it could be published again")
+            else:
+                error = ServiceStopped("the service stopped before it was published")
+            pending.deferred.errback(error)
 
     def _flush(self) -> None:
         channel = self._channel
@@ -140,7 +170,6 @@ class Publisher:
                 count += 1
                 self._send(pending)
         self._unsent = 0
-        self._republished += count
         log.info("published {count} held messages after recovery", count=count)
 
 

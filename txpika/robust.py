@@ -214,6 +214,8 @@ class RobustConsumer:
         `txpika.errors.ConsumerCancelled` once the consumer ended."""
         if self._ended is not None:
             return fail(self._ended)
+        if self.channel._service.state == "closed":
+            return fail(self.channel._service.unavailable())
         d: Deferred[Message] = Deferred(lambda d: self._getters.remove(d)
                                         if d in self._getters else None)
         self._pull(d)
@@ -237,10 +239,18 @@ class RobustConsumer:
                 return
             if self._ended is not None:
                 outer.errback(self._ended)
+            elif self.channel._service.state == "closed":  # no next connection to wait for
+                outer.errback(self.channel._service.unavailable())
             else:  # that consumer ended; the next one (after recovery) will serve
                 self._getters.append(outer)
 
         inner.addCallbacks(got, lost)
+
+    def _fail_getters(self, error: BaseException) -> None:
+        getters, self._getters = self._getters, []
+        for d in getters:
+            if not d.called:
+                d.errback(error)
 
     def __aiter__(self) -> RobustConsumer:
         return self
@@ -282,6 +292,8 @@ class RobustChannel:
         self._consumers: dict[str, RobustConsumer] = {}
         self._closed = False
         self._reopen_delay = 0.0  # grows while reopening after channel errors keeps failing
+        #: Called with no arguments each time the channel is (re)opened and restored.
+        self._attached_listeners: list[Callable[[], object]] = []
 
     def __repr__(self) -> str:
         return f"<RobustChannel {'closed' if self._closed else 'open'} {self._channel!r}>"
@@ -310,6 +322,11 @@ class RobustChannel:
                 await consumer._start(channel)
             self._channel = channel
             channel.when_closed().addCallback(self._channel_closed, channel, protocol)
+            for listener in list(self._attached_listeners):
+                try:
+                    listener()
+                except Exception:
+                    log.failure("reopen listener {listener} failed", listener=listener)
 
         return ensureDeferred(run())
 
@@ -325,22 +342,33 @@ class RobustChannel:
         self._channel = None
         if not isinstance(error, ChannelClosedByBroker) or not protocol.is_open:
             return
-        delay = self._reopen_delay
-        self._reopen_delay = min(30.0, max(0.1, delay * 2))
-        log.warn("channel closed by the broker ({error}); reopening in {delay} s",
-                 error=error, delay=delay)
+        log.warn("channel closed by the broker ({error}); reopening", error=error)
+
+        def schedule() -> None:
+            delay = self._reopen_delay
+            self._reopen_delay = min(30.0, max(0.1, delay * 2))
+            self._service.clock.callLater(delay, reopen)
 
         def reopen() -> None:
             if self._closed or self._channel is not None or not protocol.is_open:
                 return
             self._attach(protocol).addCallbacks(
-                lambda _: setattr(self, "_reopen_delay", 0.0),
-                lambda f: log.warn("could not reopen the channel: {error}", error=f.value))
+                lambda _: setattr(self, "_reopen_delay", 0.0), failed)
 
-        self._service.clock.callLater(delay, reopen)
+        def failed(failure: Any) -> None:
+            log.warn("could not reopen the channel: {error}", error=failure.value)
+            if not (self._closed or self._channel is not None or not protocol.is_open):
+                schedule()  # try again, later each time (a lost connection: the service)
+
+        schedule()
 
     def _detach(self, error: BaseException) -> None:
         self._channel = None
+
+    def _service_stopped(self, error: BaseException) -> None:
+        """The service stopped: consumers waiting for the next connection fail now."""
+        for consumer in list(self._consumers.values()):
+            consumer._fail_getters(error)
 
     def _reconsume(self, consumer: RobustConsumer) -> None:
         channel = self._channel
@@ -348,8 +376,10 @@ class RobustChannel:
             return
 
         async def run() -> None:
-            queue = self._service.topology._entries.get(("queue", consumer.queue))
-            if queue is not None:
+            topology = self._service.topology
+            queue = topology._entries.get(("queue", consumer.queue))
+            # A server-named queue cannot be declared again under its name (403).
+            if queue is not None and consumer.queue not in topology._server_named:
                 await channel.queue_declare(consumer.queue, **queue)
             await consumer._start(channel)
 
@@ -566,7 +596,11 @@ class RobustChannel:
         """Close for good: forget its consumers and stop reopening it."""
         self._closed = True
         self._service._forget(self)
+        consumers = list(self._consumers.values())
         self._consumers.clear()
+        for consumer in consumers:  # they end with their channel, as if cancelled
+            consumer._end(ConsumerCancelled(
+                consumer.consumer_tag, "was cancelled by this client (channel closed)"))
         channel, self._channel = self._channel, None
         if channel is not None and channel.is_open:
             return channel.close()
