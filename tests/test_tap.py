@@ -279,3 +279,18 @@ def test_the_plugin_is_discovered() -> None:
     assert plugin.options is txpika.tap.Options
     assert plugin.makeService is txpika.tap.makeService
     assert "AMQP" in plugin.name and plugin.description
+
+
+def test_url_from_the_environment_keeps_the_password_off_the_command_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from txpika.tap import Options
+
+    monkeypatch.setenv("TXPIKA_URL", "amqp://u:s3cr3t@node1/ amqp://u:s3cr3t@node2/")
+    options = Options()
+    options.parseOptions(["--queue", "q", "--handler", "json:dumps"])
+    assert [b.host for b in options["brokers"]] == ["node1", "node2"]
+    assert options["brokers"][0].password == "s3cr3t"
+    monkeypatch.delenv("TXPIKA_URL")
+    options = Options()
+    options.parseOptions(["--queue", "q", "--handler", "json:dumps"])
+    assert [b.host for b in options["brokers"]] == ["localhost"]

@@ -241,6 +241,7 @@ class AMQPService(Service):
 
     def _close(self) -> Deferred[None]:
         protocol, self._protocol = self._protocol, None
+        self._broker = None
         self._set_state(CLOSED)
         waiters, self._waiters = self._waiters, []
         for d in waiters:

@@ -141,6 +141,8 @@ class ConsumerService(Service):
                 self._consumer = await channel.basic_consume(self.queue, self._on_message,
                                                              on_cancel="reconsume")
                 self._channel = channel
+                self._consumer.when_ended().addCallback(self._consumer_ended,
+                                                        self._consumer)
                 log.info("consuming {queue!r} (prefetch {prefetch}, concurrency "
                          "{concurrency})", queue=self.queue, prefetch=self.prefetch,
                          concurrency=self.concurrency)
@@ -156,6 +158,20 @@ class ConsumerService(Service):
                     log.error("could not start consuming {queue!r}: {error}; retrying",
                               queue=self.queue, error=exc)
                 await deferLater(self.clock, 1.0)  # type: ignore[arg-type,unused-ignore]
+
+    def _consumer_ended(self, reason: BaseException, consumer: RobustConsumer) -> None:
+        """Our consumer ended for good while we run (its queue went away and could not be
+        consumed again): start over, as at startup, until it works or we stop."""
+        if consumer is not self._consumer or not self.running or self._stopping:
+            return
+        log.warn("consumer on {queue!r} ended ({reason}); starting it again",
+                 queue=self.queue, reason=reason)
+        self._consumer = None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close().addErrback(lambda f: None)
+        self._starting = ensureDeferred(self._start())
+        self._starting.addErrback(self._start_failed)
 
     def _start_failed(self, failure: Any) -> None:
         from txpika.errors import ServiceStopped

@@ -165,6 +165,7 @@ class RobustConsumer:
         self._consumer: Consumer | None = None
         self._ended: BaseException | None = None
         self._getters: list[Deferred[Message]] = []  # waiting for the next consumer
+        self._watchers: list[Deferred[BaseException]] = []
 
     def __repr__(self) -> str:
         return f"<RobustConsumer {self.consumer_tag!r} on {self.queue!r}>"
@@ -208,6 +209,21 @@ class RobustConsumer:
         for d in getters:
             if not d.called:
                 d.errback(error)
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.callback(error)
+
+    def when_ended(self) -> Deferred[BaseException]:
+        """A new Deferred that fires (never fails) with why the consumer ended for good:
+        cancelled by this client, or by the broker under ``on_cancel="end"`` (or when it
+        could not be started again)."""
+        from twisted.internet.defer import succeed
+
+        if self._ended is not None:
+            return succeed(self._ended)
+        d: Deferred[BaseException] = Deferred()
+        self._watchers.append(d)
+        return d
 
     def get(self) -> Deferred[Message]:
         """The next message, waiting through reconnects. Fails with

@@ -13,6 +13,7 @@ the password). SIGTERM stops taking messages, waits for running handlers up to
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any, ClassVar
 
 from twisted.application.service import IService, MultiService
@@ -67,7 +68,7 @@ class Options(usage.Options):
         self["bind"] = []
 
     def opt_url(self, value: str) -> None:
-        """An amqp:// or amqps:// URL or a Twisted endpoint description (tcp:HOST:PORT); repeat it for the nodes of a cluster, tried in turn [default: amqp://guest:guest@localhost:5672/%2F]"""  # noqa: E501
+        """An amqp:// or amqps:// URL or a Twisted endpoint description (tcp:HOST:PORT); repeat it for the nodes of a cluster, tried in turn [default: $TXPIKA_URL (space-separated URLs), else amqp://guest:guest@localhost:5672/%2F]"""  # noqa: E501
         self["url"].append(value)
 
     def opt_bind(self, value: str) -> None:
@@ -89,7 +90,9 @@ class Options(usage.Options):
             raise usage.UsageError("--prefetch must be >= 0 and --concurrency >= 1")
         self["handler_function"] = load_handler(self["handler"])
         if not self["url"]:
-            self["url"] = ["amqp://guest:guest@localhost:5672/%2F"]
+            # TXPIKA_URL keeps a password off the command line (and out of ps).
+            self["url"] = os.environ.get("TXPIKA_URL", "").split() or [
+                "amqp://guest:guest@localhost:5672/%2F"]
         self["brokers"] = [self._broker(url) for url in self["url"]]
 
     def _broker(self, url: str) -> ConnectionParameters:
