@@ -10,6 +10,10 @@ Two checks per module:
 The run-time check is done twice: once with the modules loaded on their own (a bare
 ``txpika`` package object, so ``txpika/__init__.py`` is not run) to blame the module itself,
 and once through the real package, which is what the blocking adapter does.
+
+The blocking adapter (DESIGN.md section 8) gets the same checks: ``txpika.blocking`` and the
+modules it shares with the Twisted layer (``txpika.parameters``, ``txpika.auth``) import no
+Twisted or zope, statically or at run time, and neither does opening a connection with it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ CORE_MODULES = [
     "txpika.spec_0_8",
     "txpika.frames",
     "txpika.connection",
+]
+#: The blocking adapter and the Twisted-free modules it shares with the Twisted layer.
+BLOCKING_MODULES = [
+    "txpika.blocking",
+    "txpika.parameters",
+    "txpika.auth",
 ]
 FORBIDDEN = ("twisted", "zope")
 
@@ -143,8 +153,9 @@ def _static_imports(path: Path, module: str) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.parametrize("module", CORE_MODULES)
-def test_core_module_has_no_twisted_or_zope_import_statement(module: str) -> None:
+def _forbidden_import_statements(module: str) -> list[str]:
+    """``path:line: import of X`` for each Twisted/zope import statement in ``module`` or in
+    any txpika module it imports, followed transitively (function-level imports included)."""
     _module_file(module)
     seen: set[str] = set()
     todo = [module]
@@ -163,6 +174,80 @@ def test_core_module_has_no_twisted_or_zope_import_statement(module: str) -> Non
                 offenders.append(f"{path.relative_to(ROOT)}:{lineno}: import of {imported}")
             elif imported.startswith("txpika.") and imported not in seen:
                 todo.append(imported)
+    return offenders
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_has_no_twisted_or_zope_import_statement(module: str) -> None:
+    offenders = _forbidden_import_statements(module)
     assert not offenders, (
         f"{module} (or a txpika module it imports) imports Twisted/zope:\n" + "\n".join(offenders)
+    )
+
+
+# -- the blocking adapter -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", BLOCKING_MODULES)
+def test_blocking_module_has_no_twisted_or_zope_import_statement(module: str) -> None:
+    offenders = _forbidden_import_statements(module)
+    assert not offenders, (
+        f"{module} (or a txpika module it imports) imports Twisted/zope:\n" + "\n".join(offenders)
+        + "\nThe blocking adapter must work without Twisted (DESIGN.md section 8)."
+    )
+
+
+@pytest.mark.parametrize("mode", ["isolated", "package"])
+def test_blocking_modules_import_no_twisted_or_zope(mode: str) -> None:
+    result = _imported_forbidden(BLOCKING_MODULES, mode)
+    assert result["*"] == [], (
+        f"importing {BLOCKING_MODULES} ({mode}) loaded {result['*']} (per module: "
+        f"{ {k: v for k, v in result.items() if k != '*' and v} })"
+    )
+
+
+_BLOCKING_USE_PROBE = r"""
+import json, socket, sys
+sys.path.insert(0, sys.argv[1])
+import txpika.blocking as blocking
+from txpika import BasicProperties, ConnectionParameters, errors, parse_url
+
+with socket.socket() as probe:  # a port nothing listens on
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+outcomes = []
+for protocol in ("0-9-1", "0-8"):
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F?protocol={protocol}&heartbeat=5"
+    try:
+        blocking.connect(url, connection_timeout=5)
+    except OSError as exc:
+        outcomes.append(type(exc).__name__)
+try:
+    blocking.connect("tcp:host=127.0.0.1:port=5672")
+except errors.UsageError as exc:
+    outcomes.append(type(exc).__name__)
+BasicProperties(delivery_mode=2)
+ConnectionParameters(port=port)
+parse_url("amqps://u:p@example.invalid/v?verify=false")
+print(json.dumps({
+    "outcomes": outcomes,
+    "forbidden": sorted(m for m in sys.modules if m.split(".", 1)[0] in ("twisted", "zope")),
+}))
+"""
+
+
+def test_using_the_blocking_adapter_imports_no_twisted_or_zope() -> None:
+    """A fresh interpreter imports ``txpika.blocking`` through the real package and tries to
+    connect (0-9-1 and 0-8, which loads its spec lazily) to a closed port."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCKING_USE_PROBE, str(ROOT)],
+        capture_output=True, text=True, timeout=60, cwd=str(ROOT), check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["outcomes"] == ["ConnectionRefusedError", "ConnectionRefusedError",
+                                  "InvalidParameter"]
+    assert result["forbidden"] == [], (
+        f"using txpika.blocking loaded {result['forbidden']}: the blocking adapter must not "
+        "import Twisted or zope (DESIGN.md section 8)"
     )

@@ -38,7 +38,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any
 
 from txpika import events as ev
@@ -46,6 +46,7 @@ from txpika import spec
 from txpika.connection import NEED_DATA, Connection, ConnState
 from txpika.errors import (
     ChannelClosedByClient,
+    ConnectionClosedByClient,
     ConsumerCancelled,
     FlowControlError,
     NackError,
@@ -145,12 +146,13 @@ class Message:
 class _Call:
     """A synchronous request waiting for its reply (or abandoned after a timeout)."""
 
-    __slots__ = ("abandoned", "done", "reply")
+    __slots__ = ("abandoned", "done", "on_reply", "reply")
 
-    def __init__(self) -> None:
+    def __init__(self, on_reply: Callable[[Any], None] | None = None) -> None:
         self.reply: Any = None
         self.done = False
         self.abandoned = False
+        self.on_reply = on_reply  # run under the lock as the reply is dispatched
 
 
 class BlockingConsumer:
@@ -158,7 +160,8 @@ class BlockingConsumer:
 
     Its buffer is bounded by the channel's prefetch (``basic_qos``). It ends when
     cancelled (`cancel`), when the broker cancels it (`txpika.errors.ConsumerCancelled`)
-    or when the channel closes (its error).
+    or when the channel closes (its error). Iterating stops cleanly when this client
+    cancelled it or closed the channel or the connection.
     """
 
     def __init__(self, channel: BlockingChannel, consumer_tag: str, queue: str,
@@ -197,7 +200,7 @@ class BlockingConsumer:
         while True:
             try:
                 message = self.get()
-            except ConsumerCancelled:
+            except (ConsumerCancelled, ChannelClosedByClient, ConnectionClosedByClient):
                 if self._normal_end:
                     return
                 raise
@@ -240,9 +243,10 @@ class BlockingChannel:
 
     # -- synchronous methods ---------------------------------------------------------------
 
-    def _call(self, method: Any, timeout: float | None) -> Any:
+    def _call(self, method: Any, timeout: float | None,
+              on_reply: Callable[[Any], None] | None = None) -> Any:
         conn = self.connection
-        call = _Call()
+        call = _Call(on_reply)
         with conn._lock:
             self._check()
             conn._core.send_method(self.channel_number, method)
@@ -255,8 +259,9 @@ class BlockingChannel:
             conn._wait(lambda: call.done or self._error is not None, timeout)
         except TimeoutError:
             with conn._lock:
-                call.abandoned = True  # its reply, when it comes, is dropped
-            raise
+                if not call.done:  # (another thread may have dispatched it meanwhile)
+                    call.abandoned = True  # its reply, when it comes, is dropped
+                    raise
         with conn._lock:
             if call.done:
                 return call.reply
@@ -391,24 +396,28 @@ class BlockingChannel:
         else:
             method = m.Basic.Consume(0, queue, consumer_tag or "", False, auto_ack,
                                      exclusive, False)
-        ok = self._call(method, timeout)
-        with self.connection._lock:
-            consumer = self._consumers.get(ok.consumer_tag)
-            if consumer is None:
-                consumer = BlockingConsumer(self, ok.consumer_tag, queue,
-                                            on_message_callback, auto_ack)
-                self._consumers[ok.consumer_tag] = consumer
-            return consumer
+        started: list[BlockingConsumer] = []
+
+        def register(ok: Any) -> None:
+            # Under the lock, as consume-ok is dispatched: the deliveries that follow it in
+            # the same read must find their consumer (else they are rejected, redelivered).
+            consumer = BlockingConsumer(self, ok.consumer_tag, queue, on_message_callback,
+                                        auto_ack)
+            self._consumers[ok.consumer_tag] = consumer
+            started.append(consumer)
+
+        self._call(method, timeout, on_reply=register)
+        return started[0]
 
     def consume(self, queue: str, prefetch: int | None = None, auto_ack: bool = False,
                 exclusive: bool = False, arguments: Mapping[str, Any] | None = None,
-                inactivity_timeout: float | None = None) -> Iterator[Message | None]:
+                inactivity_timeout: float | None = None) -> Generator[Message | None, None, None]:
         """Consume ``queue`` as a generator of messages.
 
         ``prefetch`` sets ``basic_qos`` first. With ``inactivity_timeout`` it yields
         ``None`` after that many seconds without a message. Closing the generator (or
-        leaving the loop) cancels the consumer; it stops cleanly when the consumer is
-        cancelled or the channel closes normally.
+        leaving the loop) cancels the consumer; it stops cleanly when this client cancelled
+        the consumer or closed the channel or the connection.
         """
         if prefetch is not None:
             self.basic_qos(prefetch_count=prefetch)
@@ -417,12 +426,10 @@ class BlockingChannel:
             while True:
                 try:
                     message = consumer.get(inactivity_timeout)
-                except ConsumerCancelled:
+                except (ConsumerCancelled, ChannelClosedByClient, ConnectionClosedByClient):
                     if consumer._normal_end:
                         return
                     raise
-                except ChannelClosedByClient:
-                    return
                 if message is None and inactivity_timeout is None:
                     continue
                 yield message
@@ -581,7 +588,8 @@ class BlockingChannel:
         for tag in list(self._waiting_confirms):
             self._confirms.setdefault(tag, OutcomeUnknownError(error))
         for consumer in self._consumers.values():
-            consumer._end(error, normal=isinstance(error, ChannelClosedByClient))
+            consumer._end(error, normal=isinstance(error, (ChannelClosedByClient,
+                                                           ConnectionClosedByClient)))
         self._consumers.clear()
 
     def _reply(self, reply: Any) -> None:
@@ -599,6 +607,8 @@ class BlockingChannel:
                 return
             call.reply = reply
             call.done = True
+            if call.on_reply is not None:
+                call.on_reply(reply)
             return
 
 
@@ -621,6 +631,7 @@ class BlockingConnection:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._reading = False
+        self._raw_pending = False
         self._channels: dict[int, BlockingChannel] = {}
         self._error: BaseException | None = None
         self._callbacks: deque[tuple[Callable[[Message], object], Message]] = deque()
@@ -632,12 +643,15 @@ class BlockingConnection:
         try:
             self._wait(lambda: self._core.is_open or self._error is not None,
                        p.connection_timeout)
+            if self._error is not None:
+                raise self._error
         except TimeoutError:
             self._sock.close()
             raise TimeoutError(f"no AMQP handshake with {p.describe()} within "
                                f"{p.connection_timeout:g} s") from None
-        if self._error is not None:
-            raise self._error
+        except BaseException:
+            self._sock_close()  # refused (credentials, vhost) or lost: no socket left open
+            raise
         self._next_tick = self._core.heartbeat_tick(time.monotonic())
 
     def __repr__(self) -> str:
@@ -711,6 +725,7 @@ class BlockingConnection:
               run_callbacks: bool = True) -> None:
         """Service the socket until ``predicate()`` (checked under the lock) holds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        polled = False
         while True:
             with self._cond:
                 if predicate():
@@ -720,11 +735,12 @@ class BlockingConnection:
                         raise self._error
                     break
                 now = time.monotonic()
-                if deadline is not None and now >= deadline:
+                if deadline is not None and now >= deadline and polled:
                     if raise_timeout:
                         raise TimeoutError("the broker did not answer in time")
                     break
-                wait = _SLICE if deadline is None else min(_SLICE, deadline - now)
+                wait = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - now))
+                polled = True
                 if self._reading:
                     self._cond.wait(wait)
                     continue
@@ -754,7 +770,13 @@ class BlockingConnection:
         return bool(readable)
 
     def _read(self, ready: bool) -> None:
-        if not ready or self._error is not None:
+        if self._error is not None:
+            return
+        if self._raw_pending:  # what _read_raw queued while a write was stuck
+            self._raw_pending = False
+            self._process()
+            self._flush()
+        if not ready:
             return
         try:
             data = self._sock.recv(_RECV)
@@ -809,6 +831,7 @@ class BlockingConnection:
             return
         if data:
             self._core.receive_data(data)
+            self._raw_pending = True
 
     def _lost(self, error: BaseException) -> None:
         self._core.connection_lost(error)
