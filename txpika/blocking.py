@@ -60,6 +60,9 @@ __all__ = ["BlockingChannel", "BlockingConnection", "BlockingConsumer", "Message
 
 #: Longest a reading thread blocks in select() before looking at heartbeats and timeouts.
 _SLICE = 0.25
+_UNKNOWN = object()
+#: publish_batch writes when this many pieces of output are queued, and at its end
+_BATCH_CHUNKS = 64
 _RECV = 262144
 
 
@@ -123,7 +126,12 @@ class Message:
 
     def ack(self, multiple: bool = False) -> None:
         """Acknowledge this message (with ``multiple``, every earlier one too)."""
-        self._settle("ack", multiple=multiple)
+        channel = self.channel
+        if channel is None or self._settled or self.reply_code is not None:
+            self._settle("ack", multiple=multiple)  # raises the right UsageError
+            return
+        channel.basic_ack(self.delivery_tag, multiple)
+        self._settled = True
 
     def nack(self, requeue: bool = True, multiple: bool = False) -> None:
         """Negatively acknowledge this message."""
@@ -186,6 +194,12 @@ class BlockingConsumer:
         Raises `txpika.errors.ConsumerCancelled` (or the channel's error) once the
         consumer ended and its buffer is empty.
         """
+        buffer = self._buffer
+        if buffer:
+            try:
+                return buffer.popleft()
+            except IndexError:  # another thread took it
+                pass
         conn = self.channel.connection
         conn._wait(lambda: bool(self._buffer) or self._ended is not None, timeout,
                    raise_timeout=False)
@@ -490,8 +504,31 @@ class BlockingChannel:
         `txpika.errors.OutcomeUnknownError`. While the broker blocks publishers it waits
         (flow policy ``"wait"``) or raises `txpika.errors.FlowControlError` (``"raise"``).
         """
-        outcome = self.publish_batch([(exchange, routing_key, body, properties, mandatory)],
-                                     timeout=timeout)[0]
+        conn = self.connection
+        if not self._flow_active or conn._core.blocked:
+            self._wait_for_flow(None if timeout is None else time.monotonic() + timeout)
+        with conn._lock:
+            self._check()
+            tag = conn._core.basic_publish(self.channel_number, exchange, routing_key, body,
+                                           properties, mandatory)
+            if tag:
+                self._waiting_confirms.add(tag)
+            conn._flush()
+        if not tag:
+            return
+        confirms = self._confirms
+        try:
+            conn._wait(lambda: tag in confirms or self._error is not None, timeout)
+        except TimeoutError:
+            with conn._lock:
+                self._waiting_confirms.discard(tag)
+                confirms.pop(tag, None)
+            raise
+        with conn._lock:
+            self._waiting_confirms.discard(tag)
+            outcome = confirms.pop(tag, _UNKNOWN)
+        if outcome is _UNKNOWN:
+            raise OutcomeUnknownError(self._error or "connection lost")
         if outcome is not None:
             raise outcome
 
@@ -509,19 +546,30 @@ class BlockingChannel:
         tags: list[int] = []
         outcomes: list[BaseException | None] = []
         deadline = None if timeout is None else time.monotonic() + timeout
-        for message in messages:
-            exchange, routing_key, body, *rest = message
-            properties = rest[0] if rest else None
-            mandatory = bool(rest[1]) if len(rest) > 1 else False
-            self._wait_for_flow(deadline)
+        core = conn._core
+        number = self.channel_number
+        waiting = self._waiting_confirms
+        try:
+            for message in messages:
+                exchange, routing_key, body, *rest = message
+                properties = rest[0] if rest else None
+                mandatory = bool(rest[1]) if len(rest) > 1 else False
+                if not self._flow_active or core.blocked:
+                    with conn._lock:
+                        conn._flush()
+                    self._wait_for_flow(deadline)
+                with conn._lock:
+                    self._check()
+                    tag = core.basic_publish(number, exchange, routing_key, body, properties,
+                                             mandatory)
+                    if tag:
+                        waiting.add(tag)
+                    if core.pending_chunks >= _BATCH_CHUNKS:
+                        conn._flush()
+                tags.append(tag)
+        finally:
             with conn._lock:
-                self._check()
-                tag = conn._core.basic_publish(self.channel_number, exchange, routing_key,
-                                               body, properties, mandatory)
-                if tag:
-                    self._waiting_confirms.add(tag)
                 conn._flush()
-            tags.append(tag)
         pending = [t for t in tags if t]
         if pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -631,12 +679,15 @@ class BlockingConnection:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._reading = False
+        self._waiters = 0
         self._raw_pending = False
         self._channels: dict[int, BlockingChannel] = {}
         self._error: BaseException | None = None
         self._callbacks: deque[tuple[Callable[[Message], object], Message]] = deque()
         self._next_tick: float | None = None
         self._sock = self._open_socket()
+        self._poller = select.poll()
+        self._poller.register(self._sock, select.POLLIN)
         with self._lock:
             self._core.initiate()
             self._flush()
@@ -727,7 +778,7 @@ class BlockingConnection:
         deadline = None if timeout is None else time.monotonic() + timeout
         polled = False
         while True:
-            with self._cond:
+            with self._lock:  # the Condition's lock, without its two Python-level calls
                 if predicate():
                     break
                 if self._error is not None:
@@ -742,17 +793,22 @@ class BlockingConnection:
                 wait = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - now))
                 polled = True
                 if self._reading:
-                    self._cond.wait(wait)
+                    self._waiters += 1
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._waiters -= 1
                     continue
                 self._reading = True
                 ready = self._select(wait)
                 self._reading = False
                 self._read(ready)
                 self._tick()
-                self._cond.notify_all()
-            if run_callbacks:
+                if self._waiters:
+                    self._cond.notify_all()
+            if run_callbacks and self._callbacks:
                 self._run_callbacks()
-        if run_callbacks:
+        if run_callbacks and self._callbacks:
             self._run_callbacks()
 
     def _select(self, wait: float) -> bool:
@@ -762,7 +818,7 @@ class BlockingConnection:
             return True
         self._lock.release()
         try:
-            readable, _, _ = select.select([sock], [], [], max(0.0, wait))
+            readable = self._poller.poll(max(0.0, wait) * 1000.0)
         except (OSError, ValueError):
             readable = [sock]
         finally:
@@ -806,6 +862,14 @@ class BlockingConnection:
         if not chunks or self._sock is None:
             return
         sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            while True:
+                chunks = self._sendmsg(sock, chunks)
+                if not chunks:
+                    return
+                readable, _, _ = select.select([sock], [sock], [], _SLICE)
+                if readable:
+                    self._read_raw()
         for chunk in chunks:
             view = memoryview(chunk)
             while view:
@@ -820,6 +884,42 @@ class BlockingConnection:
                     self._lost(exc)
                     return
                 view = view[sent:]
+
+    def _sendmsg(self, sock: Any, chunks: list[Any]) -> list[Any]:
+        """Write ``chunks`` (one send, or sendmsg of up to 512); returns what is left
+        after a short write, [] when all is written or the connection was lost."""
+        n = len(chunks)
+        if n == 1:
+            try:
+                sent = sock.send(chunks[0])
+            except (BlockingIOError, InterruptedError):
+                return chunks
+            except OSError as exc:
+                self._lost(exc)
+                return []
+            if sent == len(chunks[0]):
+                return []
+            return [memoryview(chunks[0])[sent:]]
+        i = 0
+        while i < n:
+            batch = chunks[i:i + 512]
+            try:
+                sent = sock.sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                return chunks[i:]
+            except OSError as exc:
+                self._lost(exc)
+                return []
+            for chunk in batch:
+                size = len(chunk)
+                if sent >= size:
+                    sent -= size
+                    i += 1
+                    continue
+                rest = chunks[i:]
+                rest[0] = memoryview(chunk)[sent:]
+                return rest
+        return []
 
     def _read_raw(self) -> None:
         # Read while our writes are stuck: queue the data in the core, process it later.
