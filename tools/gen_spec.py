@@ -6,8 +6,9 @@ Usage: ``python tools/gen_spec.py`` (writes both modules) or ``python tools/gen_
 
 The JSON files in spec/ are RabbitMQ's machine-readable specifications (MIT licensed, see
 their "copyright" member). Each method becomes a frozen, slotted dataclass with generated
-``encode``/``decode`` that pack fields with precompiled ``struct`` formats; nothing is read
-from the JSON at run time.
+``__new__`` (fast construction, see txpika/_specbase.py), ``encode`` (a fast path with a
+checked fallback) and ``decode`` that pack fields with precompiled ``struct`` formats; nothing
+is read from the JSON at run time.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def emit_encode_body(
     w: Writer, groups: list[tuple[str, list[str]]], kinds: dict[str, str],
     structs: dict[str, str], prefix: str, ind: int,
 ) -> list[str]:
-    """Lines computing the parts; returns the part expressions in order."""
+    """Lines computing the parts of the checked encoder; returns the part expressions."""
     parts: list[str] = []
     for index, (kind, names) in enumerate(groups):
         if kind == "struct":
@@ -173,8 +174,7 @@ def emit_encode_body(
             args = []
             for item in items:
                 if isinstance(item, list):
-                    terms = [f"({1 << i} if {prefix}{n} else 0)" for i, n in enumerate(item)]
-                    args.append(" | ".join(terms) if len(terms) > 1 else terms[0][1:-1])
+                    args.append(bits_expr(item, prefix))
                 else:
                     args.append(f"{prefix}{item}")
             parts.append(f"{sname}.pack({', '.join(args)})")
@@ -196,40 +196,156 @@ def emit_encode_body(
     return parts
 
 
+def bits_expr(names: list[str], prefix: str) -> str:
+    """The octet of up to eight bit fields, the first in the lowest bit."""
+    terms = [f"({1 << i} if {prefix}{n} else 0)" for i, n in enumerate(names)]
+    return " | ".join(terms) if len(terms) > 1 else terms[0][1:-1]
+
+
+def emit_fast_encode(
+    w: Writer, fields: list[tuple[str, str]], structs: dict[str, str], index: int, ind: int,
+) -> None:
+    """The body of a method's ``encode`` fast path: the class and method ids, the ints and
+    bits, and each short string's length octet are packed by as few structs as possible.
+
+    Short strings are encoded with ``str.encode`` (strict UTF-8) and prefixed from a table;
+    a value that is not a str, too long, not strict UTF-8 or an int out of range raises
+    TypeError, IndexError, UnicodeEncodeError or struct.error. The caller answers any of
+    these, and an EncodeError from a table or long string, by running the checked encoder:
+    whatever is wrong, the error is the one it raises (the first bad field in its order).
+    """
+    pieces: list[str] = []
+    ids = f"{index:#010x}"
+    fmt = ">I"
+    args = [ids]
+    bits: list[str] = []
+    # Whether the pending struct is one octet that cannot be negative (bits, or a string's
+    # length, which is too long for the table if it is too long for a short string).
+    lone_octet = False
+
+    def flush_bits() -> None:
+        nonlocal fmt, lone_octet
+        if bits:
+            lone_octet = fmt == ">"
+            fmt += "B"
+            args.append(bits_expr(bits, "self."))
+            bits.clear()
+
+    def flush_struct() -> None:
+        nonlocal fmt, lone_octet
+        flush_bits()
+        if fmt == ">B" and lone_octet:  # no struct needed for one such octet
+            pieces.append(f"_SP[{args[0]}]")
+        elif args == [ids]:  # only the ids: a constant
+            pieces.append(repr(index.to_bytes(4, "big")))
+        elif fmt != ">":
+            sname = structs.setdefault(fmt, f"_S{len(structs)}")
+            pieces.append(f"{sname}.pack({', '.join(args)})")
+        fmt = ">"
+        args.clear()
+        lone_octet = False
+
+    for name, kind in fields:
+        if kind == "bit":
+            if len(bits) == 8:
+                flush_bits()
+            bits.append(name)
+            continue
+        flush_bits()
+        if kind in STRUCT:
+            fmt += STRUCT[kind]
+            args.append(f"self.{name}")
+        elif kind == "shortstr":
+            w(f"v_{name} = _str_encode(self.{name})", ind)
+            lone_octet = fmt == ">"
+            fmt += "B"
+            args.append(f"len(v_{name})")
+            flush_struct()
+            pieces.append(f"v_{name}")
+        elif kind == "longstr":
+            flush_struct()
+            pieces.append(f"_enc_longstr(self.{name})")
+        elif kind == "table":
+            flush_struct()
+            pieces.append(f"_enc_table(self.{name})")
+        elif kind == "timestamp":
+            flush_struct()
+            pieces.append(f"_enc_timestamp(self.{name})")
+        else:
+            raise ValueError(kind)
+    flush_struct()
+    if len(pieces) == 1:
+        w(f"return {pieces[0]}", ind)
+    else:
+        w(f"return _join(({', '.join(pieces)}))", ind)
+
+
+def emit_decode_shortstr(w: Writer, target: str, at: str, ind: int) -> str:
+    """Read a short string at ``at`` into ``target``: strict UTF-8 first, then
+    surrogateescape (which keeps any bytes, so that they encode back the same).
+
+    The position after it is left in the other of ``offset`` and ``end``, which is returned
+    (so that a run of strings does not copy one into the other each time).
+    """
+    after = "end" if at == "offset" else "offset"
+    w(f"{after} = {at} + 1 + data[{at}]", ind)
+    w("try:", ind)
+    w(f"{target} = data[{at} + 1:{after}].decode()", ind + 1)
+    w("except UnicodeDecodeError:", ind)
+    w(f"{target} = data[{at} + 1:{after}].decode('utf-8', 'surrogateescape')", ind + 1)
+    return after
+
+
+def emit_decode_timestamp(w: Writer, target: str, structs: dict[str, str], at: str,
+                          ind: int) -> str:
+    sname = structs.setdefault(">Q", f"_S{len(structs)}")
+    w(f"(seconds,) = {sname}.unpack_from(data, {at})", ind)
+    w(f"{at} += 8", ind)
+    w("try:", ind)
+    w(f"{target} = _fromtimestamp(seconds, _UTC)", ind + 1)
+    w("except (OverflowError, ValueError, OSError):", ind)
+    w('raise _WireError(f"timestamp {seconds} is out of range") from None', ind + 1)
+    return at
+
+
 def emit_decode_group(
     w: Writer, kind: str, names: list[str], kinds: dict[str, str],
-    structs: dict[str, str], ind: int,
-) -> None:
+    structs: dict[str, str], at: str, ind: int,
+) -> str:
+    """Read one group of fields at ``at`` (``offset`` or ``end``) into the slots of ``obj``;
+    returns which of the two holds the position after them."""
     if kind == "struct":
         fmt, items = struct_plan(names, kinds)
         sname = structs.setdefault(fmt, f"_S{len(structs)}")
         targets = []
         for n, item in enumerate(items):
-            targets.append(f"_b{n}" if isinstance(item, list) else item)
+            targets.append(f"_b{n}" if isinstance(item, list) else f"obj.{item}")
         lhs = ", ".join(targets) + ("," if len(targets) == 1 else "")
-        w(f"{lhs} = {sname}.unpack_from(data, offset)", ind)
-        w(f"offset += {sname}.size", ind)
+        if len(targets) == 1:
+            lhs = f"({lhs})"
+        w(f"{lhs} = {sname}.unpack_from(data, {at})", ind)
+        w(f"{at} += {struct_size(fmt)}", ind)
         for n, item in enumerate(items):
             if isinstance(item, list):
                 for i, bit in enumerate(item):
-                    w(f"{bit} = bool(_b{n} & {1 << i})", ind)
-    elif kind == "shortstr":
-        (name,) = names
-        w("length = data[offset]", ind)
-        w("offset += 1", ind)
-        w(f"{name} = data[offset:offset + length].decode('utf-8', 'surrogateescape')", ind)
-        w("offset += length", ind)
-    elif kind == "longstr":
-        (name,) = names
-        w(f"{name}, offset = _dec_longstr(data, offset)", ind)
-    elif kind == "table":
-        (name,) = names
-        w(f"{name}, offset = _dec_table(data, offset)", ind)
-    elif kind == "timestamp":
-        (name,) = names
-        w(f"{name}, offset = _dec_timestamp(data, offset)", ind)
-    else:
-        raise ValueError(kind)
+                    w(f"obj.{bit} = (_b{n} & {1 << i}) != 0", ind)
+        return at
+    (name,) = names
+    if kind == "shortstr":
+        return emit_decode_shortstr(w, f"obj.{name}", at, ind)
+    if kind == "longstr":
+        w(f"obj.{name}, offset = _dec_longstr(data, {at})", ind)
+        return "offset"
+    if kind == "table":
+        w(f"obj.{name}, offset = _decode_table(data, {at}, len(data), 1)", ind)
+        return "offset"
+    if kind == "timestamp":
+        return emit_decode_timestamp(w, f"obj.{name}", structs, at, ind)
+    raise ValueError(kind)
+
+
+def struct_size(fmt: str) -> int:
+    return sum({"B": 1, "H": 2, "I": 4, "Q": 8}[c] for c in fmt[1:])
 
 
 def range_check(w: Writer, fields: list[tuple[str, str]], owner: str, prefix: str,
@@ -239,6 +355,40 @@ def range_check(w: Writer, fields: list[tuple[str, str]], owner: str, prefix: st
     for n, k in ints:
         w(f"_check_int({owner!r}, {n!r}, {prefix}{n}, {LIMITS[k]})", ind + 1)
     w("raise", ind + 1)
+
+
+def emit_new(w: Writer, path: str, params: list[str], names: list[str], ind: int) -> None:
+    """A ``__new__`` that fills the mutable twin, then makes it an instance of the class
+    (see `txpika._specbase`); a subclass is built the dataclass way."""
+    glob = "_" + path.replace(".", "_")
+    w(f"def __new__(cls, {', '.join(params)}) -> {path}:", ind)
+    w(f"if cls is not {glob}:", ind + 1)
+    values = ", ".join(names) + ("," if len(names) == 1 else "")
+    w(f"return _build(cls, {glob}, ({values}))", ind + 2)
+    w(f"obj = _new({glob}_T)", ind + 1)
+    for name in names:
+        w(f"obj.{name} = {name}", ind + 1)
+    w("obj.__class__ = cls", ind + 1)
+    w("return obj", ind + 1)
+
+
+def emit_decode_head(w: Writer, path: str, ind: int) -> None:
+    glob = "_" + path.replace(".", "_")
+    w(f"if cls is not {glob}:", ind)
+    w(f"return _decode_as(cls, {glob}, data, offset)", ind + 1)
+    w(f"obj = _new({glob}_T)", ind)
+
+
+def emit_decode_tail(w: Writer, what: str, ind: int, check_end: bool = True) -> None:
+    """The end of a decoder. Reading past the data raises, except for slicing a short string:
+    ``check_end`` unless the last field read is of another kind."""
+    w("except (_struct_error, IndexError, RecursionError) as exc:", ind)
+    w(f"raise _decode_failure(exc, {what!r}) from None", ind + 1)
+    if check_end:
+        w("if offset > len(data):", ind)
+        w(f"raise _WireError('truncated {what}')", ind + 1)
+    w("obj.__class__ = cls", ind)
+    w("return obj, offset", ind)
 
 
 def generate(dialect: str) -> str:
@@ -252,6 +402,7 @@ def generate(dialect: str) -> str:
     props_classes: list[tuple[int, str]] = []
     all_names: dict[str, str] = {}  # "basic.publish" -> "Basic.Publish"
     replies: dict[str, list[str]] = {}
+    built: list[str] = []  # classes with a generated __new__, which need a twin
 
     for cls in spec["classes"]:
         for meth in cls["methods"]:
@@ -269,6 +420,7 @@ def generate(dialect: str) -> str:
         for meth in cls["methods"]:
             full = f"{cls['name']}.{meth['name']}"
             mname = camel(meth["name"])
+            path = f"{cname}.{mname}"
             fields = [(pyname(a["name"]), resolve(a, domains)) for a in meth["arguments"]]
             kinds = dict(fields)
             sync = bool(meth.get("synchronous", False))
@@ -283,13 +435,14 @@ def generate(dialect: str) -> str:
                 names = EXTRA_REPLIES.get(full, [full + "-ok"])
                 replies[full] = [n for n in names if n in all_names]
             index = (cls["id"] << 16) | meth["id"]
-            method_index.append((full, index, f"{cname}.{mname}"))
+            method_index.append((full, index, path))
             body()
-            body("@dataclass(frozen=True, slots=True)", 1)
+            body("@dataclass(frozen=True, slots=True, init=False)", 1)
             body(f"class {mname}(Method):", 1)
             body(f'"""``{full}`` ({cls["id"]}, {meth["id"]}){", synchronous" if sync else ""}'
                  f'{", carries content" if content else ""}."""', 2)
             body()
+            params = []
             for arg in meth["arguments"]:
                 name = pyname(arg["name"])
                 kind = kinds[name]
@@ -298,6 +451,7 @@ def generate(dialect: str) -> str:
                     default_literal(kind, arg["default-value"])
                     if "default-value" in arg else zero
                 )
+                params.append(f"{name}: {annotation} = {default}")
                 if (full, arg["name"]) in SECRET_FIELDS:
                     body(f"{name}: {annotation} = field(default={default}, repr=False)", 2)
                 else:
@@ -314,12 +468,25 @@ def generate(dialect: str) -> str:
             body(f"CLIENT_SENDS: ClassVar[bool] = {sends}", 2)
             body("REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()", 2)
             ids = (cls["id"] << 16 | meth["id"]).to_bytes(4, "big")
-            # encode
+            if fields:
+                built.append(path)
+                body()
+                emit_new(body, path, params, [n for n, _ in fields], 2)
+            # encode: a fast path, and the checked encoder it falls back on
             body()
             body("def encode(self) -> bytes:", 2)
+            fallible = any(k in STRUCT or k == "shortstr" for _, k in fields)
             if not fields:
                 body(f"return {ids!r}", 3)
-            else:
+            elif fallible:
+                body("try:", 3)
+                emit_fast_encode(body, fields, structs, index, 4)
+                body("except (TypeError, IndexError, ValueError, _struct_error):", 3)
+                body("return self._encode_checked()", 4)
+                body()
+                body("def _encode_checked(self) -> bytes:", 2)
+                body('"""`encode` that says which field is wrong, and encodes strings that '
+                     'are not strict UTF-8."""', 3)
                 groups = group_fields(fields)
                 if any(k in STRUCT for _, k in fields):
                     body("try:", 3)
@@ -329,21 +496,28 @@ def generate(dialect: str) -> str:
                 else:
                     parts = emit_encode_body(body, groups, kinds, structs, "self.", 3)
                     body(f"return {ids!r} + " + " + ".join(parts), 3)
+            else:
+                emit_fast_encode(body, fields, structs, index, 3)
             # decode
             body()
             body("@classmethod", 2)
-            body(f"def decode(cls, data: bytes, offset: int) -> tuple[{cname}.{mname}, int]:", 2)
+            body(f"def decode(cls, data: bytes, offset: int) -> tuple[{path}, int]:", 2)
             if not fields:
                 body("return cls(), offset", 3)
             else:
+                emit_decode_head(body, path, 3)
+                body("try:", 3)
+                at = "offset"
                 for kind, names in group_fields(fields):
-                    emit_decode_group(body, kind, names, kinds, structs, 3)
-                args = ", ".join(n for n, _ in fields)
-                body(f"return cls({args}), offset", 3)
+                    at = emit_decode_group(body, kind, names, kinds, structs, at, 4)
+                if at != "offset":
+                    body("offset = end", 4)
+                emit_decode_tail(body, "arguments", 3, fields[-1][1] == "shortstr")
         if cls.get("properties"):
             pfields = [(pyname(p["name"]), resolve(p, domains)) for p in cls["properties"]]
             pname = f"{cname}Properties"
             props_classes.append((cls["id"], pname))
+            built.append(pname)
             emit_properties(body, pname, cls, pfields, structs)
 
     # header
@@ -351,11 +525,21 @@ def generate(dialect: str) -> str:
     w("# The specification it is generated from is:")
     for line in "".join(spec["copyright"]).rstrip().splitlines():
         w(("# " + line).rstrip())
+    w("#")
+    w("# The generated __new__ and decode build objects through untyped twins (see")
+    w("# txpika._specbase), so they return values that mypy only knows as Any:")
+    w("# mypy: warn-return-any=False")
     w('"""AMQP ' + dialect + ' methods and properties, generated from RabbitMQ\'s specification.')
     w()
     w("Each method is a frozen, slotted dataclass whose fields are its arguments, with the")
     w("class attributes of `txpika._specbase.Method`. ``METHODS`` maps ``INDEX`` to the class;")
     w("``DIALECT`` is what `txpika.connection` needs to speak this version.")
+    w()
+    w("``encode`` takes a fast path that packs short strings and numbers directly and, when a")
+    w("value does not fit it, falls back on ``_encode_checked``, which says which field is")
+    w("wrong. ``decode`` reads fields straight into a new object (see `txpika._specbase` for")
+    w("how frozen objects are built quickly) and raises `txpika._wire.WireError` for input")
+    w("that is truncated or malformed.")
     w('"""')
     w()
     w("from __future__ import annotations")
@@ -364,6 +548,7 @@ def generate(dialect: str) -> str:
     w("import sys")
     w("from collections.abc import Mapping")
     w("from dataclasses import dataclass, field")
+    w("from datetime import UTC as _UTC")
     w("from datetime import datetime")
     w("from struct import Struct")
     w("from struct import error as _struct_error")
@@ -371,10 +556,15 @@ def generate(dialect: str) -> str:
     w()
     w("from txpika._specbase import Dialect, Method, Properties")
     w("from txpika._specbase import bad_flags as _bad_flags")
+    w("from txpika._specbase import build as _build")
     w("from txpika._specbase import check_int as _check_int")
+    w("from txpika._specbase import decode_as as _decode_as")
+    w("from txpika._specbase import decode_failure as _decode_failure")
+    w("from txpika._specbase import twin as _twin")
+    w("from txpika._wire import _SHORT_PREFIX as _SP")
+    w("from txpika._wire import WireError as _WireError")
+    w("from txpika._wire import _decode_table, _table_bytes")
     w("from txpika._wire import decode_longstr as _dec_longstr")
-    w("from txpika._wire import decode_table as _dec_table")
-    w("from txpika._wire import decode_timestamp as _dec_timestamp")
     w("from txpika._wire import encode_longstr as _enc_longstr")
     w("from txpika._wire import encode_shortstr as _enc_shortstr")
     w("from txpika._wire import encode_table as _enc_table")
@@ -385,10 +575,21 @@ def generate(dialect: str) -> str:
     for const in spec["constants"]:
         w(f"{const['name'].replace('-', '_')} = {const['value']}")
     w()
+    w("_new: Any = object.__new__")
+    w("_join = b''.join")
+    w("_str_encode = str.encode")
+    w("_fromtimestamp = datetime.fromtimestamp")
+    w("_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)")
     for fmt, sname in sorted(structs.items(), key=lambda kv: int(kv[1][2:])):
         w(f"{sname} = Struct({fmt!r})")
     w.lines.extend(body.lines)
     w()
+    w()
+    w("# The classes as their __new__ and decode compare them, and their mutable twins.")
+    for path in built:
+        glob = "_" + path.replace(".", "_")
+        w(f"{glob} = {path}")
+        w(f"{glob}_T = _twin({path})")
     w()
     w("METHODS: dict[int, type[Method]] = {")
     for _full, index, path in method_index:
@@ -422,21 +623,72 @@ def emit_properties(body: Writer, pname: str, cls: dict[str, Any],
                     pfields: list[tuple[str, str]], structs: dict[str, str]) -> None:
     if len(pfields) > 15:
         raise ValueError("more than 15 properties need flag continuation")
+    sflags = structs.setdefault(">H", f"_S{len(structs)}")
     body()
     body()
-    body("@dataclass(frozen=True, slots=True)")
+    body("@dataclass(frozen=True, slots=True, init=False)")
     body(f"class {pname}(Properties):")
     body(f'"""Content properties of the ``{cls["name"]}`` class; ``None`` means absent."""', 1)
     body()
+    params = []
     for name, kind in pfields:
         annotation = PYTYPES[kind][0]
         if "None" not in annotation:
             annotation += " | None"
         body(f"{name}: {annotation} = None", 1)
+        params.append(f"{name}: {annotation} = None")
     body()
     body(f"CLASS_ID: ClassVar[int] = {cls['id']}", 1)
     body()
+    emit_new(body, pname, params, [n for n, _ in pfields], 1)
+
+    # encode, fast path: strings by str.encode and the prefix table, octets from the table,
+    # a dict of headers by the table encoder itself, an aware UTC datetime by arithmetic.
+    body()
     body("def encode(self) -> bytes:", 1)
+    body("try:", 2)
+    body("flags = 0", 3)
+    body("parts = [b'']", 3)
+    body("add = parts.append", 3)
+    body("v: Any", 3)
+    for i, (name, kind) in enumerate(pfields):
+        bit = 1 << (15 - i)
+        body(f"v = self.{name}", 3)
+        body("if v is not None:", 3)
+        body(f"flags |= {bit:#06x}", 4)
+        if kind == "bit":
+            continue  # a bit property is carried by its flag alone
+        if kind == "octet":
+            body("add(_SP[v if v >= 0 else 256])", 4)  # a negative index must fail too
+        elif kind in STRUCT:
+            sname = structs.setdefault(">" + STRUCT[kind], f"_S{len(structs)}")
+            body(f"add({sname}.pack(v))", 4)
+        elif kind == "shortstr":
+            body("raw = _str_encode(v)", 4)
+            body("add(_SP[len(raw)])", 4)
+            body("add(raw)", 4)
+        elif kind == "longstr":
+            body("add(_enc_longstr(v))", 4)
+        elif kind == "table":
+            body("add(_table_bytes(v, 1) if type(v) is dict else _enc_table(v))", 4)
+        elif kind == "timestamp":
+            sname = structs.setdefault(">Q", f"_S{len(structs)}")
+            body("if type(v) is datetime and v.tzinfo is _UTC:", 4)
+            body("delta = v - _EPOCH", 5)
+            body(f"add({sname}.pack(delta.days * 86400 + delta.seconds))", 5)
+            body("else:", 4)
+            body("add(_enc_timestamp(v))", 5)
+        else:
+            raise ValueError(kind)
+    body(f"parts[0] = {sflags}.pack(flags)", 3)
+    body("return _join(parts)", 3)
+    body("except (TypeError, IndexError, ValueError, _struct_error):", 2)
+    body("return self._encode_checked()", 3)
+
+    body()
+    body("def _encode_checked(self) -> bytes:", 1)
+    body('"""`encode` that says which property is wrong, and encodes strings that are not '
+         'strict UTF-8."""', 2)
     body("flags = 0", 2)
     body("parts: list[bytes] = [b'']", 2)
     for i, (name, kind) in enumerate(pfields):
@@ -445,10 +697,9 @@ def emit_properties(body: Writer, pname: str, cls: dict[str, Any],
         body(f"if {name} is not None:", 2)
         body(f"flags |= {bit:#06x}", 3)
         if kind == "bit":
-            continue  # a bit property is carried by its flag alone
+            continue
         if kind in STRUCT:
-            fmt = ">" + STRUCT[kind]
-            sname = structs.setdefault(fmt, f"_S{len(structs)}")
+            sname = structs.setdefault(">" + STRUCT[kind], f"_S{len(structs)}")
             body("try:", 3)
             body(f"parts.append({sname}.pack({name}))", 4)
             body("except _struct_error:", 3)
@@ -462,34 +713,46 @@ def emit_properties(body: Writer, pname: str, cls: dict[str, Any],
             body(f"parts.append(_enc_table({name}))", 3)
         elif kind == "timestamp":
             body(f"parts.append(_enc_timestamp({name}))", 3)
-    sflags = structs.setdefault(">H", f"_S{len(structs)}")
     body(f"parts[0] = {sflags}.pack(flags)", 2)
     body("return b''.join(parts)", 2)
+
+    # decode: present properties straight into the slots, absent ones set to None. The last
+    # four (in BasicProperties: type, user_id, app_id and the deprecated cluster_id) are
+    # rarely set, so they are first tested together.
     body()
     body("@classmethod", 1)
     body(f"def decode(cls, data: bytes, offset: int) -> tuple[{pname}, int]:", 1)
-    body(f"(flags,) = {sflags}.unpack_from(data, offset)", 2)
-    body("offset += 2", 2)
-    body(f"if flags & {(1 << (16 - len(pfields))) - 1:#06x}:", 2)
-    body("_bad_flags(flags)", 3)
-    for name, _ in pfields:
-        body(f"{name} = None", 2)
-    for i, (name, kind) in enumerate(pfields):
-        bit = 1 << (15 - i)
+    emit_decode_head(body, pname, 2)
+    body("try:", 2)
+    body("flags = data[offset] << 8 | data[offset + 1]", 3)
+    body("offset += 2", 3)
+    body(f"if flags & {(1 << (16 - len(pfields))) - 1:#06x}:", 3)
+    body("_bad_flags(flags)", 4)
+    kinds = dict(pfields)
+    tail = len(pfields) - 4 if len(pfields) > 5 else len(pfields)
+
+    def emit_field(i: int, name: str, kind: str, ind: int) -> None:
+        body(f"if flags & {1 << (15 - i):#06x}:", ind)
         if kind == "bit":
-            body(f"if flags & {bit:#06x}:", 2)
-            body(f"{name} = True", 3)
-            continue
-        body(f"if flags & {bit:#06x}:", 2)
-        if kind in STRUCT:
-            fmt = ">" + STRUCT[kind]
-            sname = structs.setdefault(fmt, f"_S{len(structs)}")
-            body(f"({name},) = {sname}.unpack_from(data, offset)", 3)
-            body(f"offset += {sname}.size", 3)
-        else:
-            emit_decode_group(body, kind, [name], dict(pfields), structs, 3)
-    args = ", ".join(name for name, _ in pfields)
-    body(f"return cls({args}), offset", 2)
+            body(f"obj.{name} = True", ind + 1)
+        elif kind == "octet":
+            body(f"obj.{name} = data[offset]", ind + 1)
+            body("offset += 1", ind + 1)
+        elif emit_decode_group(body, kind, [name], kinds, structs, "offset", ind + 1) != "offset":
+            body("offset = end", ind + 1)
+        body("else:", ind)
+        body(f"obj.{name} = None", ind + 1)
+
+    for i, (name, kind) in enumerate(pfields[:tail]):
+        emit_field(i, name, kind, 3)
+    if tail < len(pfields):
+        mask = sum(1 << (15 - i) for i in range(tail, len(pfields)))
+        body(f"if flags & {mask:#06x}:", 3)
+        for i, (name, kind) in enumerate(pfields[tail:], tail):
+            emit_field(i, name, kind, 4)
+        body("else:", 3)
+        body(" = ".join(f"obj.{name}" for name, _ in pfields[tail:]) + " = None", 4)
+    emit_decode_tail(body, "content properties", 2)
 
 
 def render(dialect: str) -> str:

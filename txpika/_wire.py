@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -197,6 +197,7 @@ _UINT64_MAX = 2**64 - 1
 
 _UTC = UTC
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_fromtimestamp = datetime.fromtimestamp
 
 # Short-string length prefixes, so that encoding a key does not call struct.
 _SHORT_PREFIX = [bytes((n,)) for n in range(256)]
@@ -223,8 +224,7 @@ _Decoder = Callable[[bytes, int, int, int], tuple[Any, int]]
 def _decode_table(data: bytes, pos: int, limit: int, depth: int) -> tuple[dict[str, Any], int]:
     if depth > MAX_DEPTH:
         raise WireError(f"field tables nested deeper than {MAX_DEPTH} levels")
-    if pos + 4 > limit:
-        raise _truncated("field table length")
+    # A length field past ``limit`` is no error of its own: ``end`` is then past it too.
     (length,) = _unpack_u32(data, pos)
     pos += 4
     end = pos + length
@@ -235,24 +235,22 @@ def _decode_table(data: bytes, pos: int, limit: int, depth: int) -> tuple[dict[s
     value: Any
     while pos < end:
         kend = pos + 1 + data[pos]
-        raw = data[pos + 1 : kend]
         try:
-            key = raw.decode()  # strict UTF-8 is the fast path; the fallback keeps any bytes
+            # Strict UTF-8 is the fast path; the fallback keeps any bytes.
+            key = data[pos + 1 : kend].decode()
         except UnicodeDecodeError:
-            key = raw.decode("utf-8", "surrogateescape")
+            key = data[pos + 1 : kend].decode("utf-8", "surrogateescape")
         tag = data[kend]
         pos = kend + 1
         if tag == 83:  # S
             (n,) = unpack_u32(data, pos)
-            pos += 4
-            stop = pos + n
+            stop = pos + 4 + n
             if stop > end:
                 raise _truncated("long string in field table")
-            raw = data[pos:stop]
             try:
-                value = raw.decode()
+                value = data[pos + 4 : stop].decode()
             except UnicodeDecodeError:
-                value = raw.decode("utf-8", "surrogateescape")
+                value = data[pos + 4 : stop].decode("utf-8", "surrogateescape")
             pos = stop
         elif tag == 116:  # t
             value = data[pos] != 0
@@ -281,9 +279,7 @@ def _decode_table(data: bytes, pos: int, limit: int, depth: int) -> tuple[dict[s
 def _decode_array(data: bytes, pos: int, limit: int, depth: int) -> tuple[list[Any], int]:
     if depth > MAX_DEPTH:
         raise WireError(f"arrays nested deeper than {MAX_DEPTH} levels")
-    if pos + 4 > limit:
-        raise _truncated("array length")
-    (length,) = _unpack_u32(data, pos)
+    (length,) = _unpack_u32(data, pos)  # (as in _decode_table)
     pos += 4
     end = pos + length
     if end > limit:
@@ -297,15 +293,13 @@ def _decode_array(data: bytes, pos: int, limit: int, depth: int) -> tuple[list[A
         pos += 1
         if tag == 83:  # S
             (n,) = unpack_u32(data, pos)
-            pos += 4
-            stop = pos + n
+            stop = pos + 4 + n
             if stop > end:
                 raise _truncated("long string in array")
-            raw = data[pos:stop]
             try:
-                value = raw.decode()
+                value = data[pos + 4 : stop].decode()
             except UnicodeDecodeError:
-                value = raw.decode("utf-8", "surrogateescape")
+                value = data[pos + 4 : stop].decode("utf-8", "surrogateescape")
             pos = stop
         elif tag == 73:  # I
             (value,) = _unpack_i32(data, pos)
@@ -398,8 +392,8 @@ def _dec_decimal(data: bytes, pos: int, limit: int, depth: int) -> tuple[Decimal
 def _dec_timestamp(data: bytes, pos: int, limit: int, depth: int) -> tuple[datetime, int]:
     (seconds,) = _S_U64.unpack_from(data, pos)
     try:
-        return _EPOCH + timedelta(seconds=seconds), pos + 8
-    except OverflowError:
+        return _fromtimestamp(seconds, _UTC), pos + 8
+    except (OverflowError, ValueError, OSError):  # beyond year 9999, or time_t
         raise WireError(f"timestamp {seconds} is out of range") from None
 
 

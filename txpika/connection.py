@@ -56,6 +56,7 @@ from txpika.errors import (
     channel_error,
     connection_error,
 )
+from txpika.events import _message_received
 from txpika.frames import (
     FRAME_MIN_SIZE,
     HEARTBEAT,
@@ -103,6 +104,10 @@ class ConnState(Enum):
     CLOSING = "closing"  # connection.close sent, waiting for close-ok
     CLOSED = "closed"  # over: the driver should drop the transport
 
+    # Members are singletons: identity is equality. Enum's own __hash__ is Python code, paid
+    # on every lookup in _CONNECTION_TABLE.
+    __hash__ = object.__hash__
+
 
 class ChannelState(Enum):
     """Where one channel stands."""
@@ -110,6 +115,9 @@ class ChannelState(Enum):
     OPENING = "opening"  # channel.open sent
     OPEN = "open"
     CLOSING = "closing"  # channel.close sent, waiting for close-ok
+
+    # As for ConnState: hashed on every lookup in _CHANNEL_TABLE.
+    __hash__ = object.__hash__
 
 
 class _Channel:
@@ -238,10 +246,11 @@ class Connection:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the peer; they become events in `next_event`."""
-        if not data or self.state is ConnState.CLOSED:
+        state = self.state
+        if not data or state is _CLOSED:
             return
         self._received = True
-        if self.state is ConnState.AWAIT_START and self._decoder.buffered == 0 and (
+        if state is _AWAIT_START and self._decoder.buffered == 0 and (
             bytes(data[:4]) == b"AMQP"
         ):
             # The broker answered our header with the version it speaks, then hangs up.
@@ -255,24 +264,29 @@ class Connection:
     def next_event(self) -> ev.Event | Any:
         """The next event, or `NEED_DATA` when the bytes received so far hold no more."""
         events = self._events
-        while not events:
-            if self.state is ConnState.CLOSED:
+        if events:
+            return events.popleft()
+        next_frame = self._decoder.next_frame
+        while True:
+            state = self.state
+            if state is _CLOSED:
                 return NEED_DATA
             try:
-                frame = self._decoder.next_frame()
+                frame = next_frame()
             except FrameDecodeError as exc:
                 self._fail_protocol(exc.reply_code, exc.reply_text, exc.class_id,
                                     exc.method_id)
-                continue
-            if isinstance(frame, _NeedData):
-                return NEED_DATA
-            if self.state is ConnState.CLOSING:
-                self._handle_while_closing(frame)
-            elif frame.channel and not isinstance(frame, HeartbeatFrame):
-                self._handle_channel_frame(frame)
             else:
-                self._handle_connection_frame(frame)
-        return events.popleft()
+                if isinstance(frame, _NeedData):
+                    return NEED_DATA
+                if state is _CLOSING:
+                    self._handle_while_closing(frame)
+                elif frame.channel:  # (the decoder refuses a heartbeat on a channel)
+                    self._handle_channel_frame(frame)
+                else:
+                    self._handle_connection_frame(frame)
+            if events:
+                return events.popleft()
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer, as one bytes object (and forget it)."""
@@ -783,14 +797,15 @@ class Connection:
 
     # -- internals: channels ----------------------------------------------------------------
 
-    def _handle_channel_frame(self, frame: MethodFrame | HeaderFrame | BodyFrame) -> None:
+    def _handle_channel_frame(self, frame: MethodFrame | HeaderFrame | BodyFrame
+                              | HeartbeatFrame) -> None:
         ch = self._channels.get(frame.channel)
         if ch is None:
             what = frame.method.NAME if isinstance(frame, MethodFrame) else "content"
             self._fail_protocol(CHANNEL_ERROR, f"{what} on channel {frame.channel}, "
                                 "which is not open")
             return
-        if ch.state is ChannelState.CLOSING:
+        if ch.state is _CH_CLOSING:
             self._handle_closing_channel(ch, frame)
             return
         if ch.content is not None:
@@ -854,9 +869,6 @@ class Connection:
         if not method.nowait:
             self._write(encode_method(ch.id, self._m.Basic.CancelOk(method.consumer_tag)))
         self._events.append(ev.MethodReceived(channel=ch.id, method=method))
-
-    def _on_content_method(self, ch: _Channel, method: Any) -> None:
-        self._start_content(ch, method)
 
     def _on_confirm(self, ch: _Channel, method: Any) -> None:
         if not ch.confirm_mode:
@@ -938,11 +950,11 @@ class Connection:
     # -- internals: content -----------------------------------------------------------------
 
     def _start_content(self, ch: _Channel, method: Method) -> None:
+        # content_parts is always empty here: _finish_content leaves it so.
         ch.content = method
         ch.content_props = None
         ch.content_size = 0
         ch.content_received = 0
-        ch.content_parts = []
 
     def _handle_content(self, ch: _Channel, frame: Any) -> None:
         method = ch.content
@@ -965,15 +977,16 @@ class Connection:
             self._fail_protocol(UNEXPECTED_FRAME, f"expected a body frame for {method.NAME} "
                                 f"on channel {ch.id}")
             return
-        received = ch.content_received + len(frame.payload)
+        payload = frame.payload
+        received = ch.content_received + len(payload)
+        if received == ch.content_size and not ch.content_parts:
+            self._finish_content(ch, payload)  # the whole body in one frame, the usual case
+            return
         if received > ch.content_size:
             self._fail_protocol(UNEXPECTED_FRAME, f"body of {method.NAME} exceeds the "
                                 f"{ch.content_size} bytes its header announced")
             return
-        if received == ch.content_size and not ch.content_parts:
-            self._finish_content(ch, frame.payload)
-            return
-        ch.content_parts.append(frame.payload)
+        ch.content_parts.append(payload)
         ch.content_received = received
         if received == ch.content_size:
             body = b"".join(ch.content_parts)
@@ -985,7 +998,8 @@ class Connection:
         assert props is not None
         ch.content = None
         ch.content_props = None
-        ch.content_parts = []
+        if ch.content_parts:
+            ch.content_parts = []
         name = method.NAME
         if name in ("basic.deliver", "basic.get-ok"):
             if name == "basic.deliver":
@@ -1005,8 +1019,7 @@ class Connection:
             ch, method, props, body
         ):
             return
-        self._events.append(ev.MessageReceived(channel=ch.id, method=method,
-                                               properties=props, body=body))
+        self._events.append(_message_received(ch.id, method, props, body))
         if name == "basic.get-ok":
             self._send_queued(ch)
 
@@ -1062,11 +1075,18 @@ _CHANNEL_TABLE: dict[tuple[ChannelState, str], _ChanHandler] = {
     (ChannelState.OPEN, "channel.close"): Connection._on_channel_close,
     (ChannelState.OPEN, "channel.flow"): Connection._on_flow,
     (ChannelState.OPEN, "basic.cancel"): Connection._on_cancel,
-    (ChannelState.OPEN, "basic.deliver"): Connection._on_content_method,
-    (ChannelState.OPEN, "basic.return"): Connection._on_content_method,
+    (ChannelState.OPEN, "basic.deliver"): Connection._start_content,
+    (ChannelState.OPEN, "basic.return"): Connection._start_content,
     (ChannelState.OPEN, "basic.ack"): Connection._on_confirm,
     (ChannelState.OPEN, "basic.nack"): Connection._on_confirm,
 }
 """(channel state, method received) -> handler, for methods that are not the reply the
 channel awaits (replies are matched against the request's ``REPLIES``); anything else is
 503. A channel in CLOSING state drops everything but close and close-ok."""
+
+# Enum members as module globals: ``ConnState.CLOSED`` is an attribute lookup through the enum
+# metaclass, paid per received frame.
+_AWAIT_START: Final = ConnState.AWAIT_START
+_CLOSED: Final = ConnState.CLOSED
+_CLOSING: Final = ConnState.CLOSING
+_CH_CLOSING: Final = ChannelState.CLOSING

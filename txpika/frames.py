@@ -70,6 +70,10 @@ INITIAL_FRAME_MAX: Final = 131072
 _FRAME_HEADER = Struct(">BHI")
 _IDS = Struct(">I")
 _CONTENT_HEADER = Struct(">HHQ")
+#: A content header frame up to its properties: frame header, class id, weight, body size.
+_HEADER_FRAME = Struct(">BHIHHQ")
+#: The end octet of one frame and the header of the body frame that follows it.
+_END_BODY_FRAME = Struct(">BBHI")
 _END = b"\xce"
 HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
@@ -92,7 +96,13 @@ class FrameDecodeError(ProtocolError):
         super().__init__(reply_code, text, class_id, method_id)
 
 
-@dataclass(frozen=True, slots=True)
+# The three frames the decoder builds by the thousand are plain (not frozen) slotted
+# dataclasses: it makes them with object.__new__ and two to four slot stores, where a frozen
+# dataclass would cost an object.__setattr__ per field (or a class switch, see
+# txpika._specbase). They are records handed out once; nothing in txpika changes them.
+
+
+@dataclass(slots=True)
 class MethodFrame:
     """A method on ``channel``."""
 
@@ -100,7 +110,7 @@ class MethodFrame:
     method: Method
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HeaderFrame:
     """A content header: the size of the body that follows and its properties."""
 
@@ -110,7 +120,7 @@ class HeaderFrame:
     properties: Properties
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BodyFrame:
     """A piece of content body."""
 
@@ -120,12 +130,15 @@ class BodyFrame:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatFrame:
-    """A heartbeat (always on channel 0)."""
+    """A heartbeat (always on channel 0). Frozen: the decoder returns one shared instance."""
 
     channel: int = 0
 
 
 Frame = MethodFrame | HeaderFrame | BodyFrame | HeartbeatFrame
+
+_new = object.__new__
+_HEARTBEAT_FRAME = HeartbeatFrame()
 
 
 class FrameDecoder:
@@ -135,12 +148,17 @@ class FrameDecoder:
     means no limit. Set it after ``connection.tune``.
     """
 
-    __slots__ = ("_buf", "_error", "_extra", "_extra_len", "_methods", "_need", "_pos",
-                 "_properties", "frame_max")
+    __slots__ = ("_buf", "_error", "_extra", "_extra_len", "_method_decoders", "_methods",
+                 "_need", "_pos", "_properties", "_properties_decoders", "frame_max")
 
     def __init__(self, dialect: Dialect, frame_max: int = INITIAL_FRAME_MAX) -> None:
         self._methods = dialect.methods
         self._properties = dialect.properties
+        # Their decoders, bound once (a classmethod is bound anew at each attribute lookup).
+        self._method_decoders = {index: cls.decode for index, cls in dialect.methods.items()}
+        self._properties_decoders = {
+            class_id: cls.decode for class_id, cls in dialect.properties.items()
+        }
         self.frame_max = frame_max
         self._buf = b""
         self._pos = 0
@@ -159,7 +177,7 @@ class FrameDecoder:
         if not data:
             return
         if self._pos >= len(self._buf):
-            self._buf = bytes(data)
+            self._buf = data if data.__class__ is bytes else bytes(data)
             self._pos = 0
         else:
             self._extra.append(bytes(data))
@@ -192,71 +210,85 @@ class FrameDecoder:
             return self._fail(
                 FRAME_ERROR, f"frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}"
             )
-        end = pos + 7 + size
+        start = pos + 7
+        end = start + size
         if end >= len(buf):
             self._need = size + FRAME_OVERHEAD
             return NEED_DATA
         if buf[end] != FRAME_END:
             return self._fail(FRAME_ERROR, f"frame end octet is {buf[end]:#04x}, not 0xce")
-        start = pos + 7
         self._pos = end + 1
         self._need = 7
+        # Frames are built without calling their __init__: object.__new__ and slot stores.
         if kind == FRAME_BODY:
-            return BodyFrame(channel, buf[start:end])
+            body: BodyFrame = _new(BodyFrame)
+            body.channel = channel
+            body.payload = buf[start:end]
+            return body
+        # Methods and headers are decoded in place, from the buffer: a decoder that reads past
+        # the frame's end is caught by the check that it ends exactly there.
         if kind == FRAME_METHOD:
-            return MethodFrame(channel, self._decode_method(buf[start:end]))
+            if size < 4:
+                return self._fail(SYNTAX_ERROR, f"method frame of {size} bytes has no method id")
+            (index,) = _IDS.unpack_from(buf, start)
+            decode = self._method_decoders.get(index)
+            if decode is None:
+                return self._fail(COMMAND_INVALID, f"unknown method {index >> 16}.{index & 0xFFFF}",
+                                  index >> 16, index & 0xFFFF)
+            try:
+                method, offset = decode(buf, start + 4)
+            except (WireError, struct_error, IndexError, ValueError) as exc:
+                name = self._methods[index].NAME
+                return self._fail(SYNTAX_ERROR, f"malformed {name}: {_reason(exc)}",
+                                  index >> 16, index & 0xFFFF)
+            if offset != end:
+                name = self._methods[index].NAME
+                why = _overrun("arguments", offset, start, end)
+                return self._fail(SYNTAX_ERROR, f"malformed {name}: {why}",
+                                  index >> 16, index & 0xFFFF)
+            frame: MethodFrame = _new(MethodFrame)
+            frame.channel = channel
+            frame.method = method
+            return frame
         if kind == FRAME_HEADER:
-            return self._decode_header(channel, buf[start:end])
+            if size < 14:
+                return self._fail(SYNTAX_ERROR, f"content header of {size} bytes is truncated")
+            class_id, weight, body_size = _CONTENT_HEADER.unpack_from(buf, start)
+            decode_properties = self._properties_decoders.get(class_id)
+            if decode_properties is None:
+                return self._fail(COMMAND_INVALID,
+                                  f"content header for class {class_id}, which has none")
+            if weight:
+                return self._fail(SYNTAX_ERROR, f"content header weight is {weight}, not 0")
+            try:
+                properties, offset = decode_properties(buf, start + 12)
+            except (WireError, struct_error, IndexError, ValueError) as exc:
+                return self._fail(SYNTAX_ERROR, f"malformed content properties: {_reason(exc)}")
+            if offset != end:
+                why = _overrun("they", offset, start, end)
+                return self._fail(SYNTAX_ERROR, f"malformed content properties: {why}")
+            header: HeaderFrame = _new(HeaderFrame)
+            header.channel = channel
+            header.class_id = class_id
+            header.body_size = body_size
+            header.properties = properties
+            return header
         if kind == FRAME_HEARTBEAT:
             if channel or size:
                 return self._fail(FRAME_ERROR, "heartbeat frame on a channel or with a payload")
-            return HeartbeatFrame()
+            return _HEARTBEAT_FRAME
         return self._fail(FRAME_ERROR, f"unknown frame type {kind}")
 
     def _fail(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> _NeedData:
         self._error = FrameDecodeError(code, text, class_id, method_id)
         raise self._error
 
-    def _decode_method(self, payload: bytes) -> Method:
-        if len(payload) < 4:
-            self._fail(SYNTAX_ERROR, f"method frame of {len(payload)} bytes has no method id")
-        (index,) = _IDS.unpack_from(payload)
-        cls = self._methods.get(index)
-        class_id, method_id = index >> 16, index & 0xFFFF
-        if cls is None:
-            self._fail(COMMAND_INVALID, f"unknown method {class_id}.{method_id}",
-                       class_id, method_id)
-            raise AssertionError  # not reached; _fail raises
-        try:
-            method, offset = cls.decode(payload, 4)
-        except (WireError, struct_error, IndexError, ValueError) as exc:
-            self._fail(SYNTAX_ERROR, f"malformed {cls.NAME}: {_reason(exc)}", class_id, method_id)
-            raise AssertionError from None
-        if offset != len(payload):
-            self._fail(SYNTAX_ERROR,
-                       f"malformed {cls.NAME}: arguments end at {offset} of {len(payload)} bytes",
-                       class_id, method_id)
-        return method
 
-    def _decode_header(self, channel: int, payload: bytes) -> HeaderFrame:
-        if len(payload) < 14:
-            self._fail(SYNTAX_ERROR, f"content header of {len(payload)} bytes is truncated")
-        class_id, weight, body_size = _CONTENT_HEADER.unpack_from(payload)
-        cls = self._properties.get(class_id)
-        if cls is None:
-            self._fail(COMMAND_INVALID, f"content header for class {class_id}, which has none")
-            raise AssertionError
-        if weight:
-            self._fail(SYNTAX_ERROR, f"content header weight is {weight}, not 0")
-        try:
-            properties, offset = cls.decode(payload, 12)
-        except (WireError, struct_error, IndexError, ValueError) as exc:
-            self._fail(SYNTAX_ERROR, f"malformed content properties: {_reason(exc)}")
-            raise AssertionError from None
-        if offset != len(payload):
-            self._fail(SYNTAX_ERROR,
-                       f"content properties end at {offset} of {len(payload)} bytes")
-        return HeaderFrame(channel, class_id, body_size, properties)
+def _overrun(what: str, offset: int, start: int, end: int) -> str:
+    """Why ``what`` that should end at ``end`` ended at ``offset`` (payload at ``start``)."""
+    if offset > end:
+        return "truncated"
+    return f"{what} end at {offset - start} of {end - start} bytes"
 
 
 def _reason(exc: BaseException) -> str:
@@ -288,12 +320,11 @@ def encode_header(
         raise EncodeError(
             f"content header of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}"
         )
-    return (
-        _FRAME_HEADER.pack(FRAME_HEADER, channel, size)
-        + _CONTENT_HEADER.pack(properties.CLASS_ID, 0, body_size)
-        + payload
-        + _END
-    )
+    return b"".join((
+        _HEADER_FRAME.pack(FRAME_HEADER, channel, size, properties.CLASS_ID, 0, body_size),
+        payload,
+        _END,
+    ))
 
 
 def encode_body(channel: int, payload: bytes | memoryview) -> list[bytes | memoryview]:
@@ -328,14 +359,26 @@ def content_frames(
 ) -> list[bytes | memoryview]:
     """Like `encode_content`, from an already encoded method frame."""
     size = len(body)
-    head = method_frame + encode_header(channel, size, properties, frame_max)
-    chunk = frame_max - FRAME_OVERHEAD if frame_max else size
+    payload = properties.encode()
+    header_size = len(payload) + 12
+    if frame_max:
+        if header_size + FRAME_OVERHEAD > frame_max:
+            raise EncodeError(f"content header of {header_size + FRAME_OVERHEAD} bytes exceeds "
+                              f"frame_max {frame_max}")
+        chunk = frame_max - FRAME_OVERHEAD
+    else:
+        chunk = size
+    header = _HEADER_FRAME.pack(FRAME_HEADER, channel, header_size, properties.CLASS_ID, 0,
+                                size)
     if size <= chunk:
         if not size:
-            return [head]
-        return [b"".join((head, _FRAME_HEADER.pack(FRAME_BODY, channel, size), body, _END))]
+            return [b"".join((method_frame, header, payload, _END))]
+        # One piece: method frame, header frame, and the body frame after the header's end.
+        return [b"".join((method_frame, header, payload,
+                          _END_BODY_FRAME.pack(FRAME_END, FRAME_BODY, channel, size), body,
+                          _END))]
     view = memoryview(body)
-    parts: list[bytes | memoryview] = [head]
+    parts: list[bytes | memoryview] = [b"".join((method_frame, header, payload, _END))]
     for start in range(0, size, chunk):
         piece = view[start:start + chunk]
         parts.append(_FRAME_HEADER.pack(FRAME_BODY, channel, len(piece)))

@@ -29,11 +29,21 @@
 # http://twiststandards.org/?option=com_docman&task=cat_view&gid=28&Itemid=90
 # 8444db91e2949dbecfb2585e9eef6d64  amqp-xml-doc0-9.pdf
 # https://jira.amqp.org/confluence/download/attachments/720900/amqp-xml-doc0-9.pdf?version=1
+#
+# The generated __new__ and decode build objects through untyped twins (see
+# txpika._specbase), so they return values that mypy only knows as Any:
+# mypy: warn-return-any=False
 """AMQP 0-9-1 methods and properties, generated from RabbitMQ's specification.
 
 Each method is a frozen, slotted dataclass whose fields are its arguments, with the
 class attributes of `txpika._specbase.Method`. ``METHODS`` maps ``INDEX`` to the class;
 ``DIALECT`` is what `txpika.connection` needs to speak this version.
+
+``encode`` takes a fast path that packs short strings and numbers directly and, when a
+value does not fit it, falls back on ``_encode_checked``, which says which field is
+wrong. ``decode`` reads fields straight into a new object (see `txpika._specbase` for
+how frozen objects are built quickly) and raises `txpika._wire.WireError` for input
+that is truncated or malformed.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import builtins
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC as _UTC
 from datetime import datetime
 from struct import Struct
 from struct import error as _struct_error
@@ -49,10 +60,15 @@ from typing import Any, ClassVar
 
 from txpika._specbase import Dialect, Method, Properties
 from txpika._specbase import bad_flags as _bad_flags
+from txpika._specbase import build as _build
 from txpika._specbase import check_int as _check_int
+from txpika._specbase import decode_as as _decode_as
+from txpika._specbase import decode_failure as _decode_failure
+from txpika._specbase import twin as _twin
+from txpika._wire import _SHORT_PREFIX as _SP
+from txpika._wire import WireError as _WireError
+from txpika._wire import _decode_table, _table_bytes
 from txpika._wire import decode_longstr as _dec_longstr
-from txpika._wire import decode_table as _dec_table
-from txpika._wire import decode_timestamp as _dec_timestamp
 from txpika._wire import encode_longstr as _enc_longstr
 from txpika._wire import encode_shortstr as _enc_shortstr
 from txpika._wire import encode_table as _enc_table
@@ -86,15 +102,29 @@ NOT_ALLOWED = 530
 NOT_IMPLEMENTED = 540
 INTERNAL_ERROR = 541
 
-_S0 = Struct('>BB')
-_S1 = Struct('>HIH')
-_S2 = Struct('>B')
-_S3 = Struct('>H')
-_S4 = Struct('>HH')
-_S5 = Struct('>II')
-_S6 = Struct('>I')
-_S7 = Struct('>IHB')
-_S8 = Struct('>QB')
+_new: Any = object.__new__
+_join = b''.join
+_str_encode = str.encode
+_fromtimestamp = datetime.fromtimestamp
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_S0 = Struct('>IBB')
+_S1 = Struct('>BB')
+_S2 = Struct('>IHIH')
+_S3 = Struct('>HIH')
+_S4 = Struct('>IB')
+_S5 = Struct('>B')
+_S6 = Struct('>IHB')
+_S7 = Struct('>HH')
+_S8 = Struct('>H')
+_S9 = Struct('>IH')
+_S10 = Struct('>II')
+_S11 = Struct('>I')
+_S12 = Struct('>IIHB')
+_S13 = Struct('>QBB')
+_S14 = Struct('>QB')
+_S15 = Struct('>IQBB')
+_S16 = Struct('>IQB')
+_S17 = Struct('>Q')
 
 
 class Connection:
@@ -102,7 +132,7 @@ class Connection:
 
     CLASS_ID = 10
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Start(Method):
         """``connection.start`` (10, 10), synchronous."""
 
@@ -122,9 +152,28 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, version_major: int = 0, version_minor: int = 9, server_properties: Mapping[str, Any] | None = None, mechanisms: bytes = b'PLAIN', locales: bytes = b'en_US') -> Connection.Start:
+            if cls is not _Connection_Start:
+                return _build(cls, _Connection_Start, (version_major, version_minor, server_properties, mechanisms, locales))
+            obj = _new(_Connection_Start_T)
+            obj.version_major = version_major
+            obj.version_minor = version_minor
+            obj.server_properties = server_properties
+            obj.mechanisms = mechanisms
+            obj.locales = locales
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\n\x00\n' + _S0.pack(self.version_major, self.version_minor) + _enc_table(self.server_properties) + _enc_longstr(self.mechanisms) + _enc_longstr(self.locales)
+                return _join((_S0.pack(0x000a000a, self.version_major, self.version_minor), _enc_table(self.server_properties), _enc_longstr(self.mechanisms), _enc_longstr(self.locales)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\n\x00\n' + _S1.pack(self.version_major, self.version_minor) + _enc_table(self.server_properties) + _enc_longstr(self.mechanisms) + _enc_longstr(self.locales)
             except _struct_error:
                 _check_int('connection.start', 'version_major', self.version_major, 8)
                 _check_int('connection.start', 'version_minor', self.version_minor, 8)
@@ -132,14 +181,21 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Start, int]:
-            version_major, version_minor = _S0.unpack_from(data, offset)
-            offset += _S0.size
-            server_properties, offset = _dec_table(data, offset)
-            mechanisms, offset = _dec_longstr(data, offset)
-            locales, offset = _dec_longstr(data, offset)
-            return cls(version_major, version_minor, server_properties, mechanisms, locales), offset
+            if cls is not _Connection_Start:
+                return _decode_as(cls, _Connection_Start, data, offset)
+            obj = _new(_Connection_Start_T)
+            try:
+                obj.version_major, obj.version_minor = _S1.unpack_from(data, offset)
+                offset += 2
+                obj.server_properties, offset = _decode_table(data, offset, len(data), 1)
+                obj.mechanisms, offset = _dec_longstr(data, offset)
+                obj.locales, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class StartOk(Method):
         """``connection.start-ok`` (10, 11)."""
 
@@ -158,26 +214,58 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, client_properties: Mapping[str, Any] | None = None, mechanism: str = 'PLAIN', response: bytes = b"", locale: str = 'en_US') -> Connection.StartOk:
+            if cls is not _Connection_StartOk:
+                return _build(cls, _Connection_StartOk, (client_properties, mechanism, response, locale))
+            obj = _new(_Connection_StartOk_T)
+            obj.client_properties = client_properties
+            obj.mechanism = mechanism
+            obj.response = response
+            obj.locale = locale
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_mechanism = _str_encode(self.mechanism)
+                v_locale = _str_encode(self.locale)
+                return _join((b'\x00\n\x00\x0b', _enc_table(self.client_properties), _SP[len(v_mechanism)], v_mechanism, _enc_longstr(self.response), _SP[len(v_locale)], v_locale))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p1 = _enc_shortstr(self.mechanism)
             p3 = _enc_shortstr(self.locale)
             return b'\x00\n\x00\x0b' + _enc_table(self.client_properties) + p1 + _enc_longstr(self.response) + p3
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.StartOk, int]:
-            client_properties, offset = _dec_table(data, offset)
-            length = data[offset]
-            offset += 1
-            mechanism = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            response, offset = _dec_longstr(data, offset)
-            length = data[offset]
-            offset += 1
-            locale = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(client_properties, mechanism, response, locale), offset
+            if cls is not _Connection_StartOk:
+                return _decode_as(cls, _Connection_StartOk, data, offset)
+            obj = _new(_Connection_StartOk_T)
+            try:
+                obj.client_properties, offset = _decode_table(data, offset, len(data), 1)
+                end = offset + 1 + data[offset]
+                try:
+                    obj.mechanism = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.mechanism = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.response, offset = _dec_longstr(data, end)
+                end = offset + 1 + data[offset]
+                try:
+                    obj.locale = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.locale = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Secure(Method):
         """``connection.secure`` (10, 20), synchronous."""
 
@@ -193,15 +281,30 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, challenge: bytes = b"") -> Connection.Secure:
+            if cls is not _Connection_Secure:
+                return _build(cls, _Connection_Secure, (challenge,))
+            obj = _new(_Connection_Secure_T)
+            obj.challenge = challenge
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\n\x00\x14' + _enc_longstr(self.challenge)
+            return _join((b'\x00\n\x00\x14', _enc_longstr(self.challenge)))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Secure, int]:
-            challenge, offset = _dec_longstr(data, offset)
-            return cls(challenge), offset
+            if cls is not _Connection_Secure:
+                return _decode_as(cls, _Connection_Secure, data, offset)
+            obj = _new(_Connection_Secure_T)
+            try:
+                obj.challenge, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class SecureOk(Method):
         """``connection.secure-ok`` (10, 21)."""
 
@@ -217,15 +320,30 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, response: bytes = b"") -> Connection.SecureOk:
+            if cls is not _Connection_SecureOk:
+                return _build(cls, _Connection_SecureOk, (response,))
+            obj = _new(_Connection_SecureOk_T)
+            obj.response = response
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\n\x00\x15' + _enc_longstr(self.response)
+            return _join((b'\x00\n\x00\x15', _enc_longstr(self.response)))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.SecureOk, int]:
-            response, offset = _dec_longstr(data, offset)
-            return cls(response), offset
+            if cls is not _Connection_SecureOk:
+                return _decode_as(cls, _Connection_SecureOk, data, offset)
+            obj = _new(_Connection_SecureOk_T)
+            try:
+                obj.response, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Tune(Method):
         """``connection.tune`` (10, 30), synchronous."""
 
@@ -243,9 +361,26 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> Connection.Tune:
+            if cls is not _Connection_Tune:
+                return _build(cls, _Connection_Tune, (channel_max, frame_max, heartbeat))
+            obj = _new(_Connection_Tune_T)
+            obj.channel_max = channel_max
+            obj.frame_max = frame_max
+            obj.heartbeat = heartbeat
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\n\x00\x1e' + _S1.pack(self.channel_max, self.frame_max, self.heartbeat)
+                return _S2.pack(0x000a001e, self.channel_max, self.frame_max, self.heartbeat)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\n\x00\x1e' + _S3.pack(self.channel_max, self.frame_max, self.heartbeat)
             except _struct_error:
                 _check_int('connection.tune', 'channel_max', self.channel_max, 16)
                 _check_int('connection.tune', 'frame_max', self.frame_max, 32)
@@ -254,11 +389,18 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Tune, int]:
-            channel_max, frame_max, heartbeat = _S1.unpack_from(data, offset)
-            offset += _S1.size
-            return cls(channel_max, frame_max, heartbeat), offset
+            if cls is not _Connection_Tune:
+                return _decode_as(cls, _Connection_Tune, data, offset)
+            obj = _new(_Connection_Tune_T)
+            try:
+                obj.channel_max, obj.frame_max, obj.heartbeat = _S3.unpack_from(data, offset)
+                offset += 8
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class TuneOk(Method):
         """``connection.tune-ok`` (10, 31)."""
 
@@ -276,9 +418,26 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> Connection.TuneOk:
+            if cls is not _Connection_TuneOk:
+                return _build(cls, _Connection_TuneOk, (channel_max, frame_max, heartbeat))
+            obj = _new(_Connection_TuneOk_T)
+            obj.channel_max = channel_max
+            obj.frame_max = frame_max
+            obj.heartbeat = heartbeat
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\n\x00\x1f' + _S1.pack(self.channel_max, self.frame_max, self.heartbeat)
+                return _S2.pack(0x000a001f, self.channel_max, self.frame_max, self.heartbeat)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\n\x00\x1f' + _S3.pack(self.channel_max, self.frame_max, self.heartbeat)
             except _struct_error:
                 _check_int('connection.tune-ok', 'channel_max', self.channel_max, 16)
                 _check_int('connection.tune-ok', 'frame_max', self.frame_max, 32)
@@ -287,11 +446,18 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.TuneOk, int]:
-            channel_max, frame_max, heartbeat = _S1.unpack_from(data, offset)
-            offset += _S1.size
-            return cls(channel_max, frame_max, heartbeat), offset
+            if cls is not _Connection_TuneOk:
+                return _decode_as(cls, _Connection_TuneOk, data, offset)
+            obj = _new(_Connection_TuneOk_T)
+            try:
+                obj.channel_max, obj.frame_max, obj.heartbeat = _S3.unpack_from(data, offset)
+                offset += 8
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Open(Method):
         """``connection.open`` (10, 40), synchronous."""
 
@@ -309,27 +475,55 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, virtual_host: str = '/', capabilities: str = '', insist: bool = False) -> Connection.Open:
+            if cls is not _Connection_Open:
+                return _build(cls, _Connection_Open, (virtual_host, capabilities, insist))
+            obj = _new(_Connection_Open_T)
+            obj.virtual_host = virtual_host
+            obj.capabilities = capabilities
+            obj.insist = insist
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_virtual_host = _str_encode(self.virtual_host)
+                v_capabilities = _str_encode(self.capabilities)
+                return _join((_S4.pack(0x000a0028, len(v_virtual_host)), v_virtual_host, _SP[len(v_capabilities)], v_capabilities, _SP[1 if self.insist else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.virtual_host)
             p1 = _enc_shortstr(self.capabilities)
-            return b'\x00\n\x00(' + p0 + p1 + _S2.pack(1 if self.insist else 0)
+            return b'\x00\n\x00(' + p0 + p1 + _S5.pack(1 if self.insist else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Open, int]:
-            length = data[offset]
-            offset += 1
-            virtual_host = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            capabilities = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            insist = bool(_b0 & 1)
-            return cls(virtual_host, capabilities, insist), offset
+            if cls is not _Connection_Open:
+                return _decode_as(cls, _Connection_Open, data, offset)
+            obj = _new(_Connection_Open_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.virtual_host = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.virtual_host = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.capabilities = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.capabilities = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.insist = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class OpenOk(Method):
         """``connection.open-ok`` (10, 41)."""
 
@@ -345,19 +539,46 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, known_hosts: str = '') -> Connection.OpenOk:
+            if cls is not _Connection_OpenOk:
+                return _build(cls, _Connection_OpenOk, (known_hosts,))
+            obj = _new(_Connection_OpenOk_T)
+            obj.known_hosts = known_hosts
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_known_hosts = _str_encode(self.known_hosts)
+                return _join((_S4.pack(0x000a0029, len(v_known_hosts)), v_known_hosts))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.known_hosts)
             return b'\x00\n\x00)' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.OpenOk, int]:
-            length = data[offset]
-            offset += 1
-            known_hosts = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(known_hosts), offset
+            if cls is not _Connection_OpenOk:
+                return _decode_as(cls, _Connection_OpenOk, data, offset)
+            obj = _new(_Connection_OpenOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.known_hosts = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.known_hosts = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Close(Method):
         """``connection.close`` (10, 50), synchronous."""
 
@@ -376,10 +597,29 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 0, reply_text: str = '', class_id: int = 0, method_id: int = 0) -> Connection.Close:
+            if cls is not _Connection_Close:
+                return _build(cls, _Connection_Close, (reply_code, reply_text, class_id, method_id))
+            obj = _new(_Connection_Close_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.class_id = class_id
+            obj.method_id = method_id
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_reply_text = _str_encode(self.reply_text)
+                return _join((_S6.pack(0x000a0032, self.reply_code, len(v_reply_text)), v_reply_text, _S7.pack(self.class_id, self.method_id)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.reply_text)
-                return b'\x00\n\x002' + _S3.pack(self.reply_code) + p1 + _S4.pack(self.class_id, self.method_id)
+                return b'\x00\n\x002' + _S8.pack(self.reply_code) + p1 + _S7.pack(self.class_id, self.method_id)
             except _struct_error:
                 _check_int('connection.close', 'reply_code', self.reply_code, 16)
                 _check_int('connection.close', 'class_id', self.class_id, 16)
@@ -388,17 +628,26 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Close, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            class_id, method_id = _S4.unpack_from(data, offset)
-            offset += _S4.size
-            return cls(reply_code, reply_text, class_id, method_id), offset
+            if cls is not _Connection_Close:
+                return _decode_as(cls, _Connection_Close, data, offset)
+            obj = _new(_Connection_Close_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.class_id, obj.method_id = _S7.unpack_from(data, end)
+                end += 4
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CloseOk(Method):
         """``connection.close-ok`` (10, 51)."""
 
@@ -419,7 +668,7 @@ class Connection:
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.CloseOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Blocked(Method):
         """``connection.blocked`` (10, 60)."""
 
@@ -435,19 +684,46 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reason: str = '') -> Connection.Blocked:
+            if cls is not _Connection_Blocked:
+                return _build(cls, _Connection_Blocked, (reason,))
+            obj = _new(_Connection_Blocked_T)
+            obj.reason = reason
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_reason = _str_encode(self.reason)
+                return _join((_S4.pack(0x000a003c, len(v_reason)), v_reason))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.reason)
             return b'\x00\n\x00<' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Blocked, int]:
-            length = data[offset]
-            offset += 1
-            reason = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(reason), offset
+            if cls is not _Connection_Blocked:
+                return _decode_as(cls, _Connection_Blocked, data, offset)
+            obj = _new(_Connection_Blocked_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reason = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reason = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Unblocked(Method):
         """``connection.unblocked`` (10, 61)."""
 
@@ -468,7 +744,7 @@ class Connection:
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Unblocked, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class UpdateSecret(Method):
         """``connection.update-secret`` (10, 70), synchronous."""
 
@@ -485,20 +761,48 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, new_secret: bytes = b"", reason: str = "") -> Connection.UpdateSecret:
+            if cls is not _Connection_UpdateSecret:
+                return _build(cls, _Connection_UpdateSecret, (new_secret, reason))
+            obj = _new(_Connection_UpdateSecret_T)
+            obj.new_secret = new_secret
+            obj.reason = reason
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_reason = _str_encode(self.reason)
+                return _join((b'\x00\n\x00F', _enc_longstr(self.new_secret), _SP[len(v_reason)], v_reason))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p1 = _enc_shortstr(self.reason)
             return b'\x00\n\x00F' + _enc_longstr(self.new_secret) + p1
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.UpdateSecret, int]:
-            new_secret, offset = _dec_longstr(data, offset)
-            length = data[offset]
-            offset += 1
-            reason = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(new_secret, reason), offset
+            if cls is not _Connection_UpdateSecret:
+                return _decode_as(cls, _Connection_UpdateSecret, data, offset)
+            obj = _new(_Connection_UpdateSecret_T)
+            try:
+                obj.new_secret, offset = _dec_longstr(data, offset)
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reason = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reason = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class UpdateSecretOk(Method):
         """``connection.update-secret-ok`` (10, 71)."""
 
@@ -525,7 +829,7 @@ class Channel:
 
     CLASS_ID = 20
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Open(Method):
         """``channel.open`` (20, 10), synchronous."""
 
@@ -541,19 +845,46 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, out_of_band: str = '') -> Channel.Open:
+            if cls is not _Channel_Open:
+                return _build(cls, _Channel_Open, (out_of_band,))
+            obj = _new(_Channel_Open_T)
+            obj.out_of_band = out_of_band
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_out_of_band = _str_encode(self.out_of_band)
+                return _join((_S4.pack(0x0014000a, len(v_out_of_band)), v_out_of_band))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.out_of_band)
             return b'\x00\x14\x00\n' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.Open, int]:
-            length = data[offset]
-            offset += 1
-            out_of_band = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(out_of_band), offset
+            if cls is not _Channel_Open:
+                return _decode_as(cls, _Channel_Open, data, offset)
+            obj = _new(_Channel_Open_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.out_of_band = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.out_of_band = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class OpenOk(Method):
         """``channel.open-ok`` (20, 11)."""
 
@@ -569,15 +900,30 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, channel_id: bytes = b'') -> Channel.OpenOk:
+            if cls is not _Channel_OpenOk:
+                return _build(cls, _Channel_OpenOk, (channel_id,))
+            obj = _new(_Channel_OpenOk_T)
+            obj.channel_id = channel_id
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\x14\x00\x0b' + _enc_longstr(self.channel_id)
+            return _join((b'\x00\x14\x00\x0b', _enc_longstr(self.channel_id)))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.OpenOk, int]:
-            channel_id, offset = _dec_longstr(data, offset)
-            return cls(channel_id), offset
+            if cls is not _Channel_OpenOk:
+                return _decode_as(cls, _Channel_OpenOk, data, offset)
+            obj = _new(_Channel_OpenOk_T)
+            try:
+                obj.channel_id, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Flow(Method):
         """``channel.flow`` (20, 20), synchronous."""
 
@@ -593,17 +939,32 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, active: bool = False) -> Channel.Flow:
+            if cls is not _Channel_Flow:
+                return _build(cls, _Channel_Flow, (active,))
+            obj = _new(_Channel_Flow_T)
+            obj.active = active
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\x14\x00\x14' + _S2.pack(1 if self.active else 0)
+            return _S4.pack(0x00140014, 1 if self.active else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.Flow, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            active = bool(_b0 & 1)
-            return cls(active), offset
+            if cls is not _Channel_Flow:
+                return _decode_as(cls, _Channel_Flow, data, offset)
+            obj = _new(_Channel_Flow_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.active = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class FlowOk(Method):
         """``channel.flow-ok`` (20, 21)."""
 
@@ -619,17 +980,32 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, active: bool = False) -> Channel.FlowOk:
+            if cls is not _Channel_FlowOk:
+                return _build(cls, _Channel_FlowOk, (active,))
+            obj = _new(_Channel_FlowOk_T)
+            obj.active = active
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\x14\x00\x15' + _S2.pack(1 if self.active else 0)
+            return _S4.pack(0x00140015, 1 if self.active else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.FlowOk, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            active = bool(_b0 & 1)
-            return cls(active), offset
+            if cls is not _Channel_FlowOk:
+                return _decode_as(cls, _Channel_FlowOk, data, offset)
+            obj = _new(_Channel_FlowOk_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.active = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Close(Method):
         """``channel.close`` (20, 40), synchronous."""
 
@@ -648,10 +1024,29 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 0, reply_text: str = '', class_id: int = 0, method_id: int = 0) -> Channel.Close:
+            if cls is not _Channel_Close:
+                return _build(cls, _Channel_Close, (reply_code, reply_text, class_id, method_id))
+            obj = _new(_Channel_Close_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.class_id = class_id
+            obj.method_id = method_id
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_reply_text = _str_encode(self.reply_text)
+                return _join((_S6.pack(0x00140028, self.reply_code, len(v_reply_text)), v_reply_text, _S7.pack(self.class_id, self.method_id)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.reply_text)
-                return b'\x00\x14\x00(' + _S3.pack(self.reply_code) + p1 + _S4.pack(self.class_id, self.method_id)
+                return b'\x00\x14\x00(' + _S8.pack(self.reply_code) + p1 + _S7.pack(self.class_id, self.method_id)
             except _struct_error:
                 _check_int('channel.close', 'reply_code', self.reply_code, 16)
                 _check_int('channel.close', 'class_id', self.class_id, 16)
@@ -660,17 +1055,26 @@ class Channel:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.Close, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            class_id, method_id = _S4.unpack_from(data, offset)
-            offset += _S4.size
-            return cls(reply_code, reply_text, class_id, method_id), offset
+            if cls is not _Channel_Close:
+                return _decode_as(cls, _Channel_Close, data, offset)
+            obj = _new(_Channel_Close_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.class_id, obj.method_id = _S7.unpack_from(data, end)
+                end += 4
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CloseOk(Method):
         """``channel.close-ok`` (20, 41)."""
 
@@ -697,7 +1101,7 @@ class Access:
 
     CLASS_ID = 30
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Request(Method):
         """``access.request`` (30, 10), synchronous."""
 
@@ -718,26 +1122,56 @@ class Access:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, realm: str = '/data', exclusive: bool = False, passive: bool = True, active: bool = True, write: bool = True, read: bool = True) -> Access.Request:
+            if cls is not _Access_Request:
+                return _build(cls, _Access_Request, (realm, exclusive, passive, active, write, read))
+            obj = _new(_Access_Request_T)
+            obj.realm = realm
+            obj.exclusive = exclusive
+            obj.passive = passive
+            obj.active = active
+            obj.write = write
+            obj.read = read
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_realm = _str_encode(self.realm)
+                return _join((_S4.pack(0x001e000a, len(v_realm)), v_realm, _SP[(1 if self.exclusive else 0) | (2 if self.passive else 0) | (4 if self.active else 0) | (8 if self.write else 0) | (16 if self.read else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.realm)
-            return b'\x00\x1e\x00\n' + p0 + _S2.pack((1 if self.exclusive else 0) | (2 if self.passive else 0) | (4 if self.active else 0) | (8 if self.write else 0) | (16 if self.read else 0))
+            return b'\x00\x1e\x00\n' + p0 + _S5.pack((1 if self.exclusive else 0) | (2 if self.passive else 0) | (4 if self.active else 0) | (8 if self.write else 0) | (16 if self.read else 0))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Access.Request, int]:
-            length = data[offset]
-            offset += 1
-            realm = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            exclusive = bool(_b0 & 1)
-            passive = bool(_b0 & 2)
-            active = bool(_b0 & 4)
-            write = bool(_b0 & 8)
-            read = bool(_b0 & 16)
-            return cls(realm, exclusive, passive, active, write, read), offset
+            if cls is not _Access_Request:
+                return _decode_as(cls, _Access_Request, data, offset)
+            obj = _new(_Access_Request_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.realm = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.realm = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.exclusive = (_b0 & 1) != 0
+                obj.passive = (_b0 & 2) != 0
+                obj.active = (_b0 & 4) != 0
+                obj.write = (_b0 & 8) != 0
+                obj.read = (_b0 & 16) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RequestOk(Method):
         """``access.request-ok`` (30, 11)."""
 
@@ -753,18 +1187,40 @@ class Access:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1) -> Access.RequestOk:
+            if cls is not _Access_RequestOk:
+                return _build(cls, _Access_RequestOk, (ticket,))
+            obj = _new(_Access_RequestOk_T)
+            obj.ticket = ticket
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\x1e\x00\x0b' + _S3.pack(self.ticket)
+                return _S9.pack(0x001e000b, self.ticket)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\x1e\x00\x0b' + _S8.pack(self.ticket)
             except _struct_error:
                 _check_int('access.request-ok', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Access.RequestOk, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            return cls(ticket), offset
+            if cls is not _Access_RequestOk:
+                return _decode_as(cls, _Access_RequestOk, data, offset)
+            obj = _new(_Access_RequestOk_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
 
 class Exchange:
@@ -772,7 +1228,7 @@ class Exchange:
 
     CLASS_ID = 40
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Declare(Method):
         """``exchange.declare`` (40, 10), synchronous."""
 
@@ -796,38 +1252,72 @@ class Exchange:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, exchange: str = "", type: str = 'direct', passive: bool = False, durable: bool = False, auto_delete: bool = False, internal: bool = False, nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Exchange.Declare:
+            if cls is not _Exchange_Declare:
+                return _build(cls, _Exchange_Declare, (ticket, exchange, type, passive, durable, auto_delete, internal, nowait, arguments))
+            obj = _new(_Exchange_Declare_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.type = type
+            obj.passive = passive
+            obj.durable = durable
+            obj.auto_delete = auto_delete
+            obj.internal = internal
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_type = _str_encode(self.type)
+                return _join((_S6.pack(0x0028000a, self.ticket, len(v_exchange)), v_exchange, _SP[len(v_type)], v_type, _SP[(1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.auto_delete else 0) | (8 if self.internal else 0) | (16 if self.nowait else 0)], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.type)
-                return b'\x00(\x00\n' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.auto_delete else 0) | (8 if self.internal else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
+                return b'\x00(\x00\n' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.auto_delete else 0) | (8 if self.internal else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('exchange.declare', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.Declare, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            passive = bool(_b0 & 1)
-            durable = bool(_b0 & 2)
-            auto_delete = bool(_b0 & 4)
-            internal = bool(_b0 & 8)
-            nowait = bool(_b0 & 16)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, exchange, type, passive, durable, auto_delete, internal, nowait, arguments), offset
+            if cls is not _Exchange_Declare:
+                return _decode_as(cls, _Exchange_Declare, data, offset)
+            obj = _new(_Exchange_Declare_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.type = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.type = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.passive = (_b0 & 1) != 0
+                obj.durable = (_b0 & 2) != 0
+                obj.auto_delete = (_b0 & 4) != 0
+                obj.internal = (_b0 & 8) != 0
+                obj.nowait = (_b0 & 16) != 0
+                obj.arguments, offset = _decode_table(data, offset, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeclareOk(Method):
         """``exchange.declare-ok`` (40, 11)."""
 
@@ -848,7 +1338,7 @@ class Exchange:
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.DeclareOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Delete(Method):
         """``exchange.delete`` (40, 20), synchronous."""
 
@@ -867,29 +1357,57 @@ class Exchange:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, exchange: str = "", if_unused: bool = False, nowait: bool = False) -> Exchange.Delete:
+            if cls is not _Exchange_Delete:
+                return _build(cls, _Exchange_Delete, (ticket, exchange, if_unused, nowait))
+            obj = _new(_Exchange_Delete_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.if_unused = if_unused
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_exchange = _str_encode(self.exchange)
+                return _join((_S6.pack(0x00280014, self.ticket, len(v_exchange)), v_exchange, _SP[(1 if self.if_unused else 0) | (2 if self.nowait else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.exchange)
-                return b'\x00(\x00\x14' + _S3.pack(self.ticket) + p1 + _S2.pack((1 if self.if_unused else 0) | (2 if self.nowait else 0))
+                return b'\x00(\x00\x14' + _S8.pack(self.ticket) + p1 + _S5.pack((1 if self.if_unused else 0) | (2 if self.nowait else 0))
             except _struct_error:
                 _check_int('exchange.delete', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.Delete, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            if_unused = bool(_b0 & 1)
-            nowait = bool(_b0 & 2)
-            return cls(ticket, exchange, if_unused, nowait), offset
+            if cls is not _Exchange_Delete:
+                return _decode_as(cls, _Exchange_Delete, data, offset)
+            obj = _new(_Exchange_Delete_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.if_unused = (_b0 & 1) != 0
+                obj.nowait = (_b0 & 2) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeleteOk(Method):
         """``exchange.delete-ok`` (40, 21)."""
 
@@ -910,7 +1428,7 @@ class Exchange:
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.DeleteOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Bind(Method):
         """``exchange.bind`` (40, 30), synchronous."""
 
@@ -931,39 +1449,72 @@ class Exchange:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, destination: str = "", source: str = "", routing_key: str = '', nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Exchange.Bind:
+            if cls is not _Exchange_Bind:
+                return _build(cls, _Exchange_Bind, (ticket, destination, source, routing_key, nowait, arguments))
+            obj = _new(_Exchange_Bind_T)
+            obj.ticket = ticket
+            obj.destination = destination
+            obj.source = source
+            obj.routing_key = routing_key
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_destination = _str_encode(self.destination)
+                v_source = _str_encode(self.source)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x0028001e, self.ticket, len(v_destination)), v_destination, _SP[len(v_source)], v_source, _SP[len(v_routing_key)], v_routing_key, _SP[1 if self.nowait else 0], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.destination)
                 p2 = _enc_shortstr(self.source)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00(\x00\x1e' + _S3.pack(self.ticket) + p1 + p2 + p3 + _S2.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
+                return b'\x00(\x00\x1e' + _S8.pack(self.ticket) + p1 + p2 + p3 + _S5.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('exchange.bind', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.Bind, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            destination = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            source = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, destination, source, routing_key, nowait, arguments), offset
+            if cls is not _Exchange_Bind:
+                return _decode_as(cls, _Exchange_Bind, data, offset)
+            obj = _new(_Exchange_Bind_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.destination = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.destination = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.source = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.source = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class BindOk(Method):
         """``exchange.bind-ok`` (40, 31)."""
 
@@ -984,7 +1535,7 @@ class Exchange:
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.BindOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Unbind(Method):
         """``exchange.unbind`` (40, 40), synchronous."""
 
@@ -1005,39 +1556,72 @@ class Exchange:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, destination: str = "", source: str = "", routing_key: str = '', nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Exchange.Unbind:
+            if cls is not _Exchange_Unbind:
+                return _build(cls, _Exchange_Unbind, (ticket, destination, source, routing_key, nowait, arguments))
+            obj = _new(_Exchange_Unbind_T)
+            obj.ticket = ticket
+            obj.destination = destination
+            obj.source = source
+            obj.routing_key = routing_key
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_destination = _str_encode(self.destination)
+                v_source = _str_encode(self.source)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00280028, self.ticket, len(v_destination)), v_destination, _SP[len(v_source)], v_source, _SP[len(v_routing_key)], v_routing_key, _SP[1 if self.nowait else 0], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.destination)
                 p2 = _enc_shortstr(self.source)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00(\x00(' + _S3.pack(self.ticket) + p1 + p2 + p3 + _S2.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
+                return b'\x00(\x00(' + _S8.pack(self.ticket) + p1 + p2 + p3 + _S5.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('exchange.unbind', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.Unbind, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            destination = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            source = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, destination, source, routing_key, nowait, arguments), offset
+            if cls is not _Exchange_Unbind:
+                return _decode_as(cls, _Exchange_Unbind, data, offset)
+            obj = _new(_Exchange_Unbind_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.destination = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.destination = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.source = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.source = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class UnbindOk(Method):
         """``exchange.unbind-ok`` (40, 51)."""
 
@@ -1064,7 +1648,7 @@ class Queue:
 
     CLASS_ID = 50
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Declare(Method):
         """``queue.declare`` (50, 10), synchronous."""
 
@@ -1087,33 +1671,64 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, queue: str = '', passive: bool = False, durable: bool = False, exclusive: bool = False, auto_delete: bool = False, nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Queue.Declare:
+            if cls is not _Queue_Declare:
+                return _build(cls, _Queue_Declare, (ticket, queue, passive, durable, exclusive, auto_delete, nowait, arguments))
+            obj = _new(_Queue_Declare_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.passive = passive
+            obj.durable = durable
+            obj.exclusive = exclusive
+            obj.auto_delete = auto_delete
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x0032000a, self.ticket, len(v_queue)), v_queue, _SP[(1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.exclusive else 0) | (8 if self.auto_delete else 0) | (16 if self.nowait else 0)], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x002\x00\n' + _S3.pack(self.ticket) + p1 + _S2.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.exclusive else 0) | (8 if self.auto_delete else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
+                return b'\x002\x00\n' + _S8.pack(self.ticket) + p1 + _S5.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.exclusive else 0) | (8 if self.auto_delete else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('queue.declare', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Declare, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            passive = bool(_b0 & 1)
-            durable = bool(_b0 & 2)
-            exclusive = bool(_b0 & 4)
-            auto_delete = bool(_b0 & 8)
-            nowait = bool(_b0 & 16)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, queue, passive, durable, exclusive, auto_delete, nowait, arguments), offset
+            if cls is not _Queue_Declare:
+                return _decode_as(cls, _Queue_Declare, data, offset)
+            obj = _new(_Queue_Declare_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.passive = (_b0 & 1) != 0
+                obj.durable = (_b0 & 2) != 0
+                obj.exclusive = (_b0 & 4) != 0
+                obj.auto_delete = (_b0 & 8) != 0
+                obj.nowait = (_b0 & 16) != 0
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeclareOk(Method):
         """``queue.declare-ok`` (50, 11)."""
 
@@ -1131,10 +1746,28 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, queue: str = "", message_count: int = 0, consumer_count: int = 0) -> Queue.DeclareOk:
+            if cls is not _Queue_DeclareOk:
+                return _build(cls, _Queue_DeclareOk, (queue, message_count, consumer_count))
+            obj = _new(_Queue_DeclareOk_T)
+            obj.queue = queue
+            obj.message_count = message_count
+            obj.consumer_count = consumer_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S4.pack(0x0032000b, len(v_queue)), v_queue, _S10.pack(self.message_count, self.consumer_count)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p0 = _enc_shortstr(self.queue)
-                return b'\x002\x00\x0b' + p0 + _S5.pack(self.message_count, self.consumer_count)
+                return b'\x002\x00\x0b' + p0 + _S10.pack(self.message_count, self.consumer_count)
             except _struct_error:
                 _check_int('queue.declare-ok', 'message_count', self.message_count, 32)
                 _check_int('queue.declare-ok', 'consumer_count', self.consumer_count, 32)
@@ -1142,15 +1775,24 @@ class Queue:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.DeclareOk, int]:
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            message_count, consumer_count = _S5.unpack_from(data, offset)
-            offset += _S5.size
-            return cls(queue, message_count, consumer_count), offset
+            if cls is not _Queue_DeclareOk:
+                return _decode_as(cls, _Queue_DeclareOk, data, offset)
+            obj = _new(_Queue_DeclareOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.message_count, obj.consumer_count = _S10.unpack_from(data, end)
+                end += 8
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Bind(Method):
         """``queue.bind`` (50, 20), synchronous."""
 
@@ -1171,39 +1813,72 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, queue: str = '', exchange: str = "", routing_key: str = '', nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Queue.Bind:
+            if cls is not _Queue_Bind:
+                return _build(cls, _Queue_Bind, (ticket, queue, exchange, routing_key, nowait, arguments))
+            obj = _new(_Queue_Bind_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00320014, self.ticket, len(v_queue)), v_queue, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key, _SP[1 if self.nowait else 0], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x002\x00\x14' + _S3.pack(self.ticket) + p1 + p2 + p3 + _S2.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
+                return b'\x002\x00\x14' + _S8.pack(self.ticket) + p1 + p2 + p3 + _S5.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('queue.bind', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Bind, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, queue, exchange, routing_key, nowait, arguments), offset
+            if cls is not _Queue_Bind:
+                return _decode_as(cls, _Queue_Bind, data, offset)
+            obj = _new(_Queue_Bind_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class BindOk(Method):
         """``queue.bind-ok`` (50, 21)."""
 
@@ -1224,7 +1899,7 @@ class Queue:
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.BindOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Purge(Method):
         """``queue.purge`` (50, 30), synchronous."""
 
@@ -1242,28 +1917,55 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, queue: str = '', nowait: bool = False) -> Queue.Purge:
+            if cls is not _Queue_Purge:
+                return _build(cls, _Queue_Purge, (ticket, queue, nowait))
+            obj = _new(_Queue_Purge_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x0032001e, self.ticket, len(v_queue)), v_queue, _SP[1 if self.nowait else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x002\x00\x1e' + _S3.pack(self.ticket) + p1 + _S2.pack(1 if self.nowait else 0)
+                return b'\x002\x00\x1e' + _S8.pack(self.ticket) + p1 + _S5.pack(1 if self.nowait else 0)
             except _struct_error:
                 _check_int('queue.purge', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Purge, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            return cls(ticket, queue, nowait), offset
+            if cls is not _Queue_Purge:
+                return _decode_as(cls, _Queue_Purge, data, offset)
+            obj = _new(_Queue_Purge_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class PurgeOk(Method):
         """``queue.purge-ok`` (50, 31)."""
 
@@ -1279,20 +1981,42 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, message_count: int = 0) -> Queue.PurgeOk:
+            if cls is not _Queue_PurgeOk:
+                return _build(cls, _Queue_PurgeOk, (message_count,))
+            obj = _new(_Queue_PurgeOk_T)
+            obj.message_count = message_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x002\x00\x1f' + _S6.pack(self.message_count)
+                return _S10.pack(0x0032001f, self.message_count)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x002\x00\x1f' + _S11.pack(self.message_count)
             except _struct_error:
                 _check_int('queue.purge-ok', 'message_count', self.message_count, 32)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.PurgeOk, int]:
-            message_count, = _S6.unpack_from(data, offset)
-            offset += _S6.size
-            return cls(message_count), offset
+            if cls is not _Queue_PurgeOk:
+                return _decode_as(cls, _Queue_PurgeOk, data, offset)
+            obj = _new(_Queue_PurgeOk_T)
+            try:
+                (obj.message_count,) = _S11.unpack_from(data, offset)
+                offset += 4
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Delete(Method):
         """``queue.delete`` (50, 40), synchronous."""
 
@@ -1312,30 +2036,59 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, queue: str = '', if_unused: bool = False, if_empty: bool = False, nowait: bool = False) -> Queue.Delete:
+            if cls is not _Queue_Delete:
+                return _build(cls, _Queue_Delete, (ticket, queue, if_unused, if_empty, nowait))
+            obj = _new(_Queue_Delete_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.if_unused = if_unused
+            obj.if_empty = if_empty
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x00320028, self.ticket, len(v_queue)), v_queue, _SP[(1 if self.if_unused else 0) | (2 if self.if_empty else 0) | (4 if self.nowait else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x002\x00(' + _S3.pack(self.ticket) + p1 + _S2.pack((1 if self.if_unused else 0) | (2 if self.if_empty else 0) | (4 if self.nowait else 0))
+                return b'\x002\x00(' + _S8.pack(self.ticket) + p1 + _S5.pack((1 if self.if_unused else 0) | (2 if self.if_empty else 0) | (4 if self.nowait else 0))
             except _struct_error:
                 _check_int('queue.delete', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Delete, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            if_unused = bool(_b0 & 1)
-            if_empty = bool(_b0 & 2)
-            nowait = bool(_b0 & 4)
-            return cls(ticket, queue, if_unused, if_empty, nowait), offset
+            if cls is not _Queue_Delete:
+                return _decode_as(cls, _Queue_Delete, data, offset)
+            obj = _new(_Queue_Delete_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.if_unused = (_b0 & 1) != 0
+                obj.if_empty = (_b0 & 2) != 0
+                obj.nowait = (_b0 & 4) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeleteOk(Method):
         """``queue.delete-ok`` (50, 41)."""
 
@@ -1351,20 +2104,42 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, message_count: int = 0) -> Queue.DeleteOk:
+            if cls is not _Queue_DeleteOk:
+                return _build(cls, _Queue_DeleteOk, (message_count,))
+            obj = _new(_Queue_DeleteOk_T)
+            obj.message_count = message_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x002\x00)' + _S6.pack(self.message_count)
+                return _S10.pack(0x00320029, self.message_count)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x002\x00)' + _S11.pack(self.message_count)
             except _struct_error:
                 _check_int('queue.delete-ok', 'message_count', self.message_count, 32)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.DeleteOk, int]:
-            message_count, = _S6.unpack_from(data, offset)
-            offset += _S6.size
-            return cls(message_count), offset
+            if cls is not _Queue_DeleteOk:
+                return _decode_as(cls, _Queue_DeleteOk, data, offset)
+            obj = _new(_Queue_DeleteOk_T)
+            try:
+                (obj.message_count,) = _S11.unpack_from(data, offset)
+                offset += 4
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Unbind(Method):
         """``queue.unbind`` (50, 50), synchronous."""
 
@@ -1384,36 +2159,68 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, queue: str = '', exchange: str = "", routing_key: str = '', arguments: Mapping[str, Any] | None = None) -> Queue.Unbind:
+            if cls is not _Queue_Unbind:
+                return _build(cls, _Queue_Unbind, (ticket, queue, exchange, routing_key, arguments))
+            obj = _new(_Queue_Unbind_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00320032, self.ticket, len(v_queue)), v_queue, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key, _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x002\x002' + _S3.pack(self.ticket) + p1 + p2 + p3 + _enc_table(self.arguments)
+                return b'\x002\x002' + _S8.pack(self.ticket) + p1 + p2 + p3 + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('queue.unbind', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Unbind, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, queue, exchange, routing_key, arguments), offset
+            if cls is not _Queue_Unbind:
+                return _decode_as(cls, _Queue_Unbind, data, offset)
+            obj = _new(_Queue_Unbind_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class UnbindOk(Method):
         """``queue.unbind-ok`` (50, 51)."""
 
@@ -1440,7 +2247,7 @@ class Basic:
 
     CLASS_ID = 60
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Qos(Method):
         """``basic.qos`` (60, 10), synchronous."""
 
@@ -1458,9 +2265,26 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, prefetch_size: int = 0, prefetch_count: int = 0, global_: bool = False) -> Basic.Qos:
+            if cls is not _Basic_Qos:
+                return _build(cls, _Basic_Qos, (prefetch_size, prefetch_count, global_))
+            obj = _new(_Basic_Qos_T)
+            obj.prefetch_size = prefetch_size
+            obj.prefetch_count = prefetch_count
+            obj.global_ = global_
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00<\x00\n' + _S7.pack(self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
+                return _S12.pack(0x003c000a, self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00<\x00\n' + _S6.pack(self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
             except _struct_error:
                 _check_int('basic.qos', 'prefetch_size', self.prefetch_size, 32)
                 _check_int('basic.qos', 'prefetch_count', self.prefetch_count, 16)
@@ -1468,12 +2292,19 @@ class Basic:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Qos, int]:
-            prefetch_size, prefetch_count, _b2 = _S7.unpack_from(data, offset)
-            offset += _S7.size
-            global_ = bool(_b2 & 1)
-            return cls(prefetch_size, prefetch_count, global_), offset
+            if cls is not _Basic_Qos:
+                return _decode_as(cls, _Basic_Qos, data, offset)
+            obj = _new(_Basic_Qos_T)
+            try:
+                obj.prefetch_size, obj.prefetch_count, _b2 = _S6.unpack_from(data, offset)
+                offset += 7
+                obj.global_ = (_b2 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class QosOk(Method):
         """``basic.qos-ok`` (60, 11)."""
 
@@ -1494,7 +2325,7 @@ class Basic:
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.QosOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Consume(Method):
         """``basic.consume`` (60, 20), synchronous."""
 
@@ -1517,37 +2348,70 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, queue: str = '', consumer_tag: str = '', no_local: bool = False, no_ack: bool = False, exclusive: bool = False, nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Basic.Consume:
+            if cls is not _Basic_Consume:
+                return _build(cls, _Basic_Consume, (ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments))
+            obj = _new(_Basic_Consume_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.consumer_tag = consumer_tag
+            obj.no_local = no_local
+            obj.no_ack = no_ack
+            obj.exclusive = exclusive
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S6.pack(0x003c0014, self.ticket, len(v_queue)), v_queue, _SP[len(v_consumer_tag)], v_consumer_tag, _SP[(1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0)], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.consumer_tag)
-                return b'\x00<\x00\x14' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0)) + _enc_table(self.arguments)
+                return b'\x00<\x00\x14' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0)) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('basic.consume', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Consume, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            no_local = bool(_b0 & 1)
-            no_ack = bool(_b0 & 2)
-            exclusive = bool(_b0 & 4)
-            nowait = bool(_b0 & 8)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments), offset
+            if cls is not _Basic_Consume:
+                return _decode_as(cls, _Basic_Consume, data, offset)
+            obj = _new(_Basic_Consume_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.consumer_tag = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.no_local = (_b0 & 1) != 0
+                obj.no_ack = (_b0 & 2) != 0
+                obj.exclusive = (_b0 & 4) != 0
+                obj.nowait = (_b0 & 8) != 0
+                obj.arguments, offset = _decode_table(data, offset, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class ConsumeOk(Method):
         """``basic.consume-ok`` (60, 21)."""
 
@@ -1563,19 +2427,46 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> Basic.ConsumeOk:
+            if cls is not _Basic_ConsumeOk:
+                return _build(cls, _Basic_ConsumeOk, (consumer_tag,))
+            obj = _new(_Basic_ConsumeOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x003c0015, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00<\x00\x15' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.ConsumeOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _Basic_ConsumeOk:
+                return _decode_as(cls, _Basic_ConsumeOk, data, offset)
+            obj = _new(_Basic_ConsumeOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Cancel(Method):
         """``basic.cancel`` (60, 30), synchronous."""
 
@@ -1592,22 +2483,48 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", nowait: bool = False) -> Basic.Cancel:
+            if cls is not _Basic_Cancel:
+                return _build(cls, _Basic_Cancel, (consumer_tag, nowait))
+            obj = _new(_Basic_Cancel_T)
+            obj.consumer_tag = consumer_tag
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x003c001e, len(v_consumer_tag)), v_consumer_tag, _SP[1 if self.nowait else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
-            return b'\x00<\x00\x1e' + p0 + _S2.pack(1 if self.nowait else 0)
+            return b'\x00<\x00\x1e' + p0 + _S5.pack(1 if self.nowait else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Cancel, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            return cls(consumer_tag, nowait), offset
+            if cls is not _Basic_Cancel:
+                return _decode_as(cls, _Basic_Cancel, data, offset)
+            obj = _new(_Basic_Cancel_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CancelOk(Method):
         """``basic.cancel-ok`` (60, 31)."""
 
@@ -1623,19 +2540,46 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> Basic.CancelOk:
+            if cls is not _Basic_CancelOk:
+                return _build(cls, _Basic_CancelOk, (consumer_tag,))
+            obj = _new(_Basic_CancelOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x003c001f, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00<\x00\x1f' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.CancelOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _Basic_CancelOk:
+                return _decode_as(cls, _Basic_CancelOk, data, offset)
+            obj = _new(_Basic_CancelOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Publish(Method):
         """``basic.publish`` (60, 40), carries content."""
 
@@ -1655,34 +2599,64 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, exchange: str = '', routing_key: str = '', mandatory: bool = False, immediate: bool = False) -> Basic.Publish:
+            if cls is not _Basic_Publish:
+                return _build(cls, _Basic_Publish, (ticket, exchange, routing_key, mandatory, immediate))
+            obj = _new(_Basic_Publish_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.mandatory = mandatory
+            obj.immediate = immediate
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x003c0028, self.ticket, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key, _SP[(1 if self.mandatory else 0) | (2 if self.immediate else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x00(' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0))
+                return b'\x00<\x00(' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0))
             except _struct_error:
                 _check_int('basic.publish', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Publish, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            mandatory = bool(_b0 & 1)
-            immediate = bool(_b0 & 2)
-            return cls(ticket, exchange, routing_key, mandatory, immediate), offset
+            if cls is not _Basic_Publish:
+                return _decode_as(cls, _Basic_Publish, data, offset)
+            obj = _new(_Basic_Publish_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.routing_key = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.mandatory = (_b0 & 1) != 0
+                obj.immediate = (_b0 & 2) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Return(Method):
         """``basic.return`` (60, 50), carries content."""
 
@@ -1701,35 +2675,69 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 0, reply_text: str = '', exchange: str = "", routing_key: str = "") -> Basic.Return:
+            if cls is not _Basic_Return:
+                return _build(cls, _Basic_Return, (reply_code, reply_text, exchange, routing_key))
+            obj = _new(_Basic_Return_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_reply_text = _str_encode(self.reply_text)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x003c0032, self.reply_code, len(v_reply_text)), v_reply_text, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.reply_text)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x002' + _S3.pack(self.reply_code) + p1 + p2 + p3
+                return b'\x00<\x002' + _S8.pack(self.reply_code) + p1 + p2 + p3
             except _struct_error:
                 _check_int('basic.return', 'reply_code', self.reply_code, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Return, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(reply_code, reply_text, exchange, routing_key), offset
+            if cls is not _Basic_Return:
+                return _decode_as(cls, _Basic_Return, data, offset)
+            obj = _new(_Basic_Return_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Deliver(Method):
         """``basic.deliver`` (60, 60), carries content."""
 
@@ -1749,36 +2757,71 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", delivery_tag: int = 0, redelivered: bool = False, exchange: str = "", routing_key: str = "") -> Basic.Deliver:
+            if cls is not _Basic_Deliver:
+                return _build(cls, _Basic_Deliver, (consumer_tag, delivery_tag, redelivered, exchange, routing_key))
+            obj = _new(_Basic_Deliver_T)
+            obj.consumer_tag = consumer_tag
+            obj.delivery_tag = delivery_tag
+            obj.redelivered = redelivered
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S4.pack(0x003c003c, len(v_consumer_tag)), v_consumer_tag, _S13.pack(self.delivery_tag, 1 if self.redelivered else 0, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p0 = _enc_shortstr(self.consumer_tag)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x00<' + p0 + _S8.pack(self.delivery_tag, 1 if self.redelivered else 0) + p2 + p3
+                return b'\x00<\x00<' + p0 + _S14.pack(self.delivery_tag, 1 if self.redelivered else 0) + p2 + p3
             except _struct_error:
                 _check_int('basic.deliver', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Deliver, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            redelivered = bool(_b1 & 1)
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag, delivery_tag, redelivered, exchange, routing_key), offset
+            if cls is not _Basic_Deliver:
+                return _decode_as(cls, _Basic_Deliver, data, offset)
+            obj = _new(_Basic_Deliver_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, end)
+                end += 9
+                obj.redelivered = (_b1 & 1) != 0
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Get(Method):
         """``basic.get`` (60, 70), synchronous."""
 
@@ -1796,28 +2839,55 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 0, queue: str = '', no_ack: bool = False) -> Basic.Get:
+            if cls is not _Basic_Get:
+                return _build(cls, _Basic_Get, (ticket, queue, no_ack))
+            obj = _new(_Basic_Get_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.no_ack = no_ack
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x003c0046, self.ticket, len(v_queue)), v_queue, _SP[1 if self.no_ack else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x00<\x00F' + _S3.pack(self.ticket) + p1 + _S2.pack(1 if self.no_ack else 0)
+                return b'\x00<\x00F' + _S8.pack(self.ticket) + p1 + _S5.pack(1 if self.no_ack else 0)
             except _struct_error:
                 _check_int('basic.get', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Get, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            no_ack = bool(_b0 & 1)
-            return cls(ticket, queue, no_ack), offset
+            if cls is not _Basic_Get:
+                return _decode_as(cls, _Basic_Get, data, offset)
+            obj = _new(_Basic_Get_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.no_ack = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class GetOk(Method):
         """``basic.get-ok`` (60, 71), carries content."""
 
@@ -1837,11 +2907,32 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, redelivered: bool = False, exchange: str = "", routing_key: str = "", message_count: int = 0) -> Basic.GetOk:
+            if cls is not _Basic_GetOk:
+                return _build(cls, _Basic_GetOk, (delivery_tag, redelivered, exchange, routing_key, message_count))
+            obj = _new(_Basic_GetOk_T)
+            obj.delivery_tag = delivery_tag
+            obj.redelivered = redelivered
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.message_count = message_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S15.pack(0x003c0047, self.delivery_tag, 1 if self.redelivered else 0, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key, _S11.pack(self.message_count)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x00G' + _S8.pack(self.delivery_tag, 1 if self.redelivered else 0) + p1 + p2 + _S6.pack(self.message_count)
+                return b'\x00<\x00G' + _S14.pack(self.delivery_tag, 1 if self.redelivered else 0) + p1 + p2 + _S11.pack(self.message_count)
             except _struct_error:
                 _check_int('basic.get-ok', 'delivery_tag', self.delivery_tag, 64)
                 _check_int('basic.get-ok', 'message_count', self.message_count, 32)
@@ -1849,22 +2940,31 @@ class Basic:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.GetOk, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            redelivered = bool(_b1 & 1)
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            message_count, = _S6.unpack_from(data, offset)
-            offset += _S6.size
-            return cls(delivery_tag, redelivered, exchange, routing_key, message_count), offset
+            if cls is not _Basic_GetOk:
+                return _decode_as(cls, _Basic_GetOk, data, offset)
+            obj = _new(_Basic_GetOk_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.redelivered = (_b1 & 1) != 0
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.routing_key = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (obj.message_count,) = _S11.unpack_from(data, offset)
+                offset += 4
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class GetEmpty(Method):
         """``basic.get-empty`` (60, 72)."""
 
@@ -1880,19 +2980,46 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, cluster_id: str = '') -> Basic.GetEmpty:
+            if cls is not _Basic_GetEmpty:
+                return _build(cls, _Basic_GetEmpty, (cluster_id,))
+            obj = _new(_Basic_GetEmpty_T)
+            obj.cluster_id = cluster_id
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_cluster_id = _str_encode(self.cluster_id)
+                return _join((_S4.pack(0x003c0048, len(v_cluster_id)), v_cluster_id))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.cluster_id)
             return b'\x00<\x00H' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.GetEmpty, int]:
-            length = data[offset]
-            offset += 1
-            cluster_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(cluster_id), offset
+            if cls is not _Basic_GetEmpty:
+                return _decode_as(cls, _Basic_GetEmpty, data, offset)
+            obj = _new(_Basic_GetEmpty_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.cluster_id = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.cluster_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Ack(Method):
         """``basic.ack`` (60, 80)."""
 
@@ -1909,21 +3036,44 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, multiple: bool = False) -> Basic.Ack:
+            if cls is not _Basic_Ack:
+                return _build(cls, _Basic_Ack, (delivery_tag, multiple))
+            obj = _new(_Basic_Ack_T)
+            obj.delivery_tag = delivery_tag
+            obj.multiple = multiple
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00<\x00P' + _S8.pack(self.delivery_tag, 1 if self.multiple else 0)
+                return _S16.pack(0x003c0050, self.delivery_tag, 1 if self.multiple else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00<\x00P' + _S14.pack(self.delivery_tag, 1 if self.multiple else 0)
             except _struct_error:
                 _check_int('basic.ack', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Ack, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            multiple = bool(_b1 & 1)
-            return cls(delivery_tag, multiple), offset
+            if cls is not _Basic_Ack:
+                return _decode_as(cls, _Basic_Ack, data, offset)
+            obj = _new(_Basic_Ack_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.multiple = (_b1 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Reject(Method):
         """``basic.reject`` (60, 90)."""
 
@@ -1940,21 +3090,44 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, requeue: bool = True) -> Basic.Reject:
+            if cls is not _Basic_Reject:
+                return _build(cls, _Basic_Reject, (delivery_tag, requeue))
+            obj = _new(_Basic_Reject_T)
+            obj.delivery_tag = delivery_tag
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00<\x00Z' + _S8.pack(self.delivery_tag, 1 if self.requeue else 0)
+                return _S16.pack(0x003c005a, self.delivery_tag, 1 if self.requeue else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00<\x00Z' + _S14.pack(self.delivery_tag, 1 if self.requeue else 0)
             except _struct_error:
                 _check_int('basic.reject', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Reject, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            requeue = bool(_b1 & 1)
-            return cls(delivery_tag, requeue), offset
+            if cls is not _Basic_Reject:
+                return _decode_as(cls, _Basic_Reject, data, offset)
+            obj = _new(_Basic_Reject_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.requeue = (_b1 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RecoverAsync(Method):
         """``basic.recover-async`` (60, 100)."""
 
@@ -1970,17 +3143,32 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, requeue: bool = False) -> Basic.RecoverAsync:
+            if cls is not _Basic_RecoverAsync:
+                return _build(cls, _Basic_RecoverAsync, (requeue,))
+            obj = _new(_Basic_RecoverAsync_T)
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00<\x00d' + _S2.pack(1 if self.requeue else 0)
+            return _S4.pack(0x003c0064, 1 if self.requeue else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.RecoverAsync, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            requeue = bool(_b0 & 1)
-            return cls(requeue), offset
+            if cls is not _Basic_RecoverAsync:
+                return _decode_as(cls, _Basic_RecoverAsync, data, offset)
+            obj = _new(_Basic_RecoverAsync_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.requeue = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Recover(Method):
         """``basic.recover`` (60, 110), synchronous."""
 
@@ -1996,17 +3184,32 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, requeue: bool = False) -> Basic.Recover:
+            if cls is not _Basic_Recover:
+                return _build(cls, _Basic_Recover, (requeue,))
+            obj = _new(_Basic_Recover_T)
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00<\x00n' + _S2.pack(1 if self.requeue else 0)
+            return _S4.pack(0x003c006e, 1 if self.requeue else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Recover, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            requeue = bool(_b0 & 1)
-            return cls(requeue), offset
+            if cls is not _Basic_Recover:
+                return _decode_as(cls, _Basic_Recover, data, offset)
+            obj = _new(_Basic_Recover_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.requeue = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RecoverOk(Method):
         """``basic.recover-ok`` (60, 111)."""
 
@@ -2027,7 +3230,7 @@ class Basic:
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.RecoverOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Nack(Method):
         """``basic.nack`` (60, 120)."""
 
@@ -2045,23 +3248,47 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True) -> Basic.Nack:
+            if cls is not _Basic_Nack:
+                return _build(cls, _Basic_Nack, (delivery_tag, multiple, requeue))
+            obj = _new(_Basic_Nack_T)
+            obj.delivery_tag = delivery_tag
+            obj.multiple = multiple
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00<\x00x' + _S8.pack(self.delivery_tag, (1 if self.multiple else 0) | (2 if self.requeue else 0))
+                return _S16.pack(0x003c0078, self.delivery_tag, (1 if self.multiple else 0) | (2 if self.requeue else 0))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00<\x00x' + _S14.pack(self.delivery_tag, (1 if self.multiple else 0) | (2 if self.requeue else 0))
             except _struct_error:
                 _check_int('basic.nack', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Nack, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            multiple = bool(_b1 & 1)
-            requeue = bool(_b1 & 2)
-            return cls(delivery_tag, multiple, requeue), offset
+            if cls is not _Basic_Nack:
+                return _decode_as(cls, _Basic_Nack, data, offset)
+            obj = _new(_Basic_Nack_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.multiple = (_b1 & 1) != 0
+                obj.requeue = (_b1 & 2) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class BasicProperties(Properties):
     """Content properties of the ``basic`` class; ``None`` means absent."""
 
@@ -2082,7 +3309,120 @@ class BasicProperties(Properties):
 
     CLASS_ID: ClassVar[int] = 60
 
+    def __new__(cls, content_type: str | None = None, content_encoding: str | None = None, headers: Mapping[str, Any] | None = None, delivery_mode: int | None = None, priority: int | None = None, correlation_id: str | None = None, reply_to: str | None = None, expiration: str | None = None, message_id: str | None = None, timestamp: datetime | None = None, type: str | None = None, user_id: str | None = None, app_id: str | None = None, cluster_id: str | None = None) -> BasicProperties:
+        if cls is not _BasicProperties:
+            return _build(cls, _BasicProperties, (content_type, content_encoding, headers, delivery_mode, priority, correlation_id, reply_to, expiration, message_id, timestamp, type, user_id, app_id, cluster_id))
+        obj = _new(_BasicProperties_T)
+        obj.content_type = content_type
+        obj.content_encoding = content_encoding
+        obj.headers = headers
+        obj.delivery_mode = delivery_mode
+        obj.priority = priority
+        obj.correlation_id = correlation_id
+        obj.reply_to = reply_to
+        obj.expiration = expiration
+        obj.message_id = message_id
+        obj.timestamp = timestamp
+        obj.type = type
+        obj.user_id = user_id
+        obj.app_id = app_id
+        obj.cluster_id = cluster_id
+        obj.__class__ = cls
+        return obj
+
     def encode(self) -> bytes:
+        try:
+            flags = 0
+            parts = [b'']
+            add = parts.append
+            v: Any
+            v = self.content_type
+            if v is not None:
+                flags |= 0x8000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.content_encoding
+            if v is not None:
+                flags |= 0x4000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.headers
+            if v is not None:
+                flags |= 0x2000
+                add(_table_bytes(v, 1) if type(v) is dict else _enc_table(v))
+            v = self.delivery_mode
+            if v is not None:
+                flags |= 0x1000
+                add(_SP[v if v >= 0 else 256])
+            v = self.priority
+            if v is not None:
+                flags |= 0x0800
+                add(_SP[v if v >= 0 else 256])
+            v = self.correlation_id
+            if v is not None:
+                flags |= 0x0400
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.reply_to
+            if v is not None:
+                flags |= 0x0200
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.expiration
+            if v is not None:
+                flags |= 0x0100
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.message_id
+            if v is not None:
+                flags |= 0x0080
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.timestamp
+            if v is not None:
+                flags |= 0x0040
+                if type(v) is datetime and v.tzinfo is _UTC:
+                    delta = v - _EPOCH
+                    add(_S17.pack(delta.days * 86400 + delta.seconds))
+                else:
+                    add(_enc_timestamp(v))
+            v = self.type
+            if v is not None:
+                flags |= 0x0020
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.user_id
+            if v is not None:
+                flags |= 0x0010
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.app_id
+            if v is not None:
+                flags |= 0x0008
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.cluster_id
+            if v is not None:
+                flags |= 0x0004
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            parts[0] = _S8.pack(flags)
+            return _join(parts)
+        except (TypeError, IndexError, ValueError, _struct_error):
+            return self._encode_checked()
+
+    def _encode_checked(self) -> bytes:
+        """`encode` that says which property is wrong, and encodes strings that are not strict UTF-8."""
         flags = 0
         parts: list[bytes] = [b'']
         content_type = self.content_type
@@ -2101,7 +3441,7 @@ class BasicProperties(Properties):
         if delivery_mode is not None:
             flags |= 0x1000
             try:
-                parts.append(_S2.pack(delivery_mode))
+                parts.append(_S5.pack(delivery_mode))
             except _struct_error:
                 _check_int('BasicProperties', 'delivery_mode', delivery_mode, 8)
                 raise
@@ -2109,7 +3449,7 @@ class BasicProperties(Properties):
         if priority is not None:
             flags |= 0x0800
             try:
-                parts.append(_S2.pack(priority))
+                parts.append(_S5.pack(priority))
             except _struct_error:
                 _check_int('BasicProperties', 'priority', priority, 8)
                 raise
@@ -2149,90 +3489,141 @@ class BasicProperties(Properties):
         if cluster_id is not None:
             flags |= 0x0004
             parts.append(_enc_shortstr(cluster_id))
-        parts[0] = _S3.pack(flags)
+        parts[0] = _S8.pack(flags)
         return b''.join(parts)
 
     @classmethod
     def decode(cls, data: bytes, offset: int) -> tuple[BasicProperties, int]:
-        (flags,) = _S3.unpack_from(data, offset)
-        offset += 2
-        if flags & 0x0003:
-            _bad_flags(flags)
-        content_type = None
-        content_encoding = None
-        headers = None
-        delivery_mode = None
-        priority = None
-        correlation_id = None
-        reply_to = None
-        expiration = None
-        message_id = None
-        timestamp = None
-        type = None
-        user_id = None
-        app_id = None
-        cluster_id = None
-        if flags & 0x8000:
-            length = data[offset]
-            offset += 1
-            content_type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x4000:
-            length = data[offset]
-            offset += 1
-            content_encoding = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x2000:
-            headers, offset = _dec_table(data, offset)
-        if flags & 0x1000:
-            (delivery_mode,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        if flags & 0x0800:
-            (priority,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        if flags & 0x0400:
-            length = data[offset]
-            offset += 1
-            correlation_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0200:
-            length = data[offset]
-            offset += 1
-            reply_to = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0100:
-            length = data[offset]
-            offset += 1
-            expiration = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0080:
-            length = data[offset]
-            offset += 1
-            message_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0040:
-            timestamp, offset = _dec_timestamp(data, offset)
-        if flags & 0x0020:
-            length = data[offset]
-            offset += 1
-            type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0010:
-            length = data[offset]
-            offset += 1
-            user_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0008:
-            length = data[offset]
-            offset += 1
-            app_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0004:
-            length = data[offset]
-            offset += 1
-            cluster_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        return cls(content_type, content_encoding, headers, delivery_mode, priority, correlation_id, reply_to, expiration, message_id, timestamp, type, user_id, app_id, cluster_id), offset
+        if cls is not _BasicProperties:
+            return _decode_as(cls, _BasicProperties, data, offset)
+        obj = _new(_BasicProperties_T)
+        try:
+            flags = data[offset] << 8 | data[offset + 1]
+            offset += 2
+            if flags & 0x0003:
+                _bad_flags(flags)
+            if flags & 0x8000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_type = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_type = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_type = None
+            if flags & 0x4000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_encoding = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_encoding = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_encoding = None
+            if flags & 0x2000:
+                obj.headers, offset = _decode_table(data, offset, len(data), 1)
+            else:
+                obj.headers = None
+            if flags & 0x1000:
+                obj.delivery_mode = data[offset]
+                offset += 1
+            else:
+                obj.delivery_mode = None
+            if flags & 0x0800:
+                obj.priority = data[offset]
+                offset += 1
+            else:
+                obj.priority = None
+            if flags & 0x0400:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.correlation_id = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.correlation_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.correlation_id = None
+            if flags & 0x0200:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_to = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_to = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.reply_to = None
+            if flags & 0x0100:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.expiration = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.expiration = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.expiration = None
+            if flags & 0x0080:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.message_id = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.message_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.message_id = None
+            if flags & 0x0040:
+                (seconds,) = _S17.unpack_from(data, offset)
+                offset += 8
+                try:
+                    obj.timestamp = _fromtimestamp(seconds, _UTC)
+                except (OverflowError, ValueError, OSError):
+                    raise _WireError(f"timestamp {seconds} is out of range") from None
+            else:
+                obj.timestamp = None
+            if flags & 0x003c:
+                if flags & 0x0020:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.type = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.type = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.type = None
+                if flags & 0x0010:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.user_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.user_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.user_id = None
+                if flags & 0x0008:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.app_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.app_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.app_id = None
+                if flags & 0x0004:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.cluster_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.cluster_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.cluster_id = None
+            else:
+                obj.type = obj.user_id = obj.app_id = obj.cluster_id = None
+        except (_struct_error, IndexError, RecursionError) as exc:
+            raise _decode_failure(exc, 'content properties') from None
+        if offset > len(data):
+            raise _WireError('truncated content properties')
+        obj.__class__ = cls
+        return obj, offset
 
 
 class Tx:
@@ -2240,7 +3631,7 @@ class Tx:
 
     CLASS_ID = 90
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Select(Method):
         """``tx.select`` (90, 10), synchronous."""
 
@@ -2261,7 +3652,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.Select, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class SelectOk(Method):
         """``tx.select-ok`` (90, 11)."""
 
@@ -2282,7 +3673,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.SelectOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Commit(Method):
         """``tx.commit`` (90, 20), synchronous."""
 
@@ -2303,7 +3694,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.Commit, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CommitOk(Method):
         """``tx.commit-ok`` (90, 21)."""
 
@@ -2324,7 +3715,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.CommitOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Rollback(Method):
         """``tx.rollback`` (90, 30), synchronous."""
 
@@ -2345,7 +3736,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.Rollback, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RollbackOk(Method):
         """``tx.rollback-ok`` (90, 31)."""
 
@@ -2372,7 +3763,7 @@ class Confirm:
 
     CLASS_ID = 85
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Select(Method):
         """``confirm.select`` (85, 10), synchronous."""
 
@@ -2388,17 +3779,32 @@ class Confirm:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, nowait: bool = False) -> Confirm.Select:
+            if cls is not _Confirm_Select:
+                return _build(cls, _Confirm_Select, (nowait,))
+            obj = _new(_Confirm_Select_T)
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00U\x00\n' + _S2.pack(1 if self.nowait else 0)
+            return _S4.pack(0x0055000a, 1 if self.nowait else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Confirm.Select, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            return cls(nowait), offset
+            if cls is not _Confirm_Select:
+                return _decode_as(cls, _Confirm_Select, data, offset)
+            obj = _new(_Confirm_Select_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.nowait = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class SelectOk(Method):
         """``confirm.select-ok`` (85, 11)."""
 
@@ -2419,6 +3825,104 @@ class Confirm:
         def decode(cls, data: bytes, offset: int) -> tuple[Confirm.SelectOk, int]:
             return cls(), offset
 
+
+# The classes as their __new__ and decode compare them, and their mutable twins.
+_Connection_Start = Connection.Start
+_Connection_Start_T = _twin(Connection.Start)
+_Connection_StartOk = Connection.StartOk
+_Connection_StartOk_T = _twin(Connection.StartOk)
+_Connection_Secure = Connection.Secure
+_Connection_Secure_T = _twin(Connection.Secure)
+_Connection_SecureOk = Connection.SecureOk
+_Connection_SecureOk_T = _twin(Connection.SecureOk)
+_Connection_Tune = Connection.Tune
+_Connection_Tune_T = _twin(Connection.Tune)
+_Connection_TuneOk = Connection.TuneOk
+_Connection_TuneOk_T = _twin(Connection.TuneOk)
+_Connection_Open = Connection.Open
+_Connection_Open_T = _twin(Connection.Open)
+_Connection_OpenOk = Connection.OpenOk
+_Connection_OpenOk_T = _twin(Connection.OpenOk)
+_Connection_Close = Connection.Close
+_Connection_Close_T = _twin(Connection.Close)
+_Connection_Blocked = Connection.Blocked
+_Connection_Blocked_T = _twin(Connection.Blocked)
+_Connection_UpdateSecret = Connection.UpdateSecret
+_Connection_UpdateSecret_T = _twin(Connection.UpdateSecret)
+_Channel_Open = Channel.Open
+_Channel_Open_T = _twin(Channel.Open)
+_Channel_OpenOk = Channel.OpenOk
+_Channel_OpenOk_T = _twin(Channel.OpenOk)
+_Channel_Flow = Channel.Flow
+_Channel_Flow_T = _twin(Channel.Flow)
+_Channel_FlowOk = Channel.FlowOk
+_Channel_FlowOk_T = _twin(Channel.FlowOk)
+_Channel_Close = Channel.Close
+_Channel_Close_T = _twin(Channel.Close)
+_Access_Request = Access.Request
+_Access_Request_T = _twin(Access.Request)
+_Access_RequestOk = Access.RequestOk
+_Access_RequestOk_T = _twin(Access.RequestOk)
+_Exchange_Declare = Exchange.Declare
+_Exchange_Declare_T = _twin(Exchange.Declare)
+_Exchange_Delete = Exchange.Delete
+_Exchange_Delete_T = _twin(Exchange.Delete)
+_Exchange_Bind = Exchange.Bind
+_Exchange_Bind_T = _twin(Exchange.Bind)
+_Exchange_Unbind = Exchange.Unbind
+_Exchange_Unbind_T = _twin(Exchange.Unbind)
+_Queue_Declare = Queue.Declare
+_Queue_Declare_T = _twin(Queue.Declare)
+_Queue_DeclareOk = Queue.DeclareOk
+_Queue_DeclareOk_T = _twin(Queue.DeclareOk)
+_Queue_Bind = Queue.Bind
+_Queue_Bind_T = _twin(Queue.Bind)
+_Queue_Purge = Queue.Purge
+_Queue_Purge_T = _twin(Queue.Purge)
+_Queue_PurgeOk = Queue.PurgeOk
+_Queue_PurgeOk_T = _twin(Queue.PurgeOk)
+_Queue_Delete = Queue.Delete
+_Queue_Delete_T = _twin(Queue.Delete)
+_Queue_DeleteOk = Queue.DeleteOk
+_Queue_DeleteOk_T = _twin(Queue.DeleteOk)
+_Queue_Unbind = Queue.Unbind
+_Queue_Unbind_T = _twin(Queue.Unbind)
+_Basic_Qos = Basic.Qos
+_Basic_Qos_T = _twin(Basic.Qos)
+_Basic_Consume = Basic.Consume
+_Basic_Consume_T = _twin(Basic.Consume)
+_Basic_ConsumeOk = Basic.ConsumeOk
+_Basic_ConsumeOk_T = _twin(Basic.ConsumeOk)
+_Basic_Cancel = Basic.Cancel
+_Basic_Cancel_T = _twin(Basic.Cancel)
+_Basic_CancelOk = Basic.CancelOk
+_Basic_CancelOk_T = _twin(Basic.CancelOk)
+_Basic_Publish = Basic.Publish
+_Basic_Publish_T = _twin(Basic.Publish)
+_Basic_Return = Basic.Return
+_Basic_Return_T = _twin(Basic.Return)
+_Basic_Deliver = Basic.Deliver
+_Basic_Deliver_T = _twin(Basic.Deliver)
+_Basic_Get = Basic.Get
+_Basic_Get_T = _twin(Basic.Get)
+_Basic_GetOk = Basic.GetOk
+_Basic_GetOk_T = _twin(Basic.GetOk)
+_Basic_GetEmpty = Basic.GetEmpty
+_Basic_GetEmpty_T = _twin(Basic.GetEmpty)
+_Basic_Ack = Basic.Ack
+_Basic_Ack_T = _twin(Basic.Ack)
+_Basic_Reject = Basic.Reject
+_Basic_Reject_T = _twin(Basic.Reject)
+_Basic_RecoverAsync = Basic.RecoverAsync
+_Basic_RecoverAsync_T = _twin(Basic.RecoverAsync)
+_Basic_Recover = Basic.Recover
+_Basic_Recover_T = _twin(Basic.Recover)
+_Basic_Nack = Basic.Nack
+_Basic_Nack_T = _twin(Basic.Nack)
+_BasicProperties = BasicProperties
+_BasicProperties_T = _twin(BasicProperties)
+_Confirm_Select = Confirm.Select
+_Confirm_Select_T = _twin(Confirm.Select)
 
 METHODS: dict[int, type[Method]] = {
     0x000a000a: Connection.Start,

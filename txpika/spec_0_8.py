@@ -28,11 +28,21 @@
 # http://twiststandards.org/?option=com_docman&task=cat_view&gid=28&Itemid=90
 # 8444db91e2949dbecfb2585e9eef6d64  amqp-xml-doc0-9.pdf
 # https://jira.amqp.org/confluence/download/attachments/720900/amqp-xml-doc0-9.pdf?version=1
+#
+# The generated __new__ and decode build objects through untyped twins (see
+# txpika._specbase), so they return values that mypy only knows as Any:
+# mypy: warn-return-any=False
 """AMQP 0-8 methods and properties, generated from RabbitMQ's specification.
 
 Each method is a frozen, slotted dataclass whose fields are its arguments, with the
 class attributes of `txpika._specbase.Method`. ``METHODS`` maps ``INDEX`` to the class;
 ``DIALECT`` is what `txpika.connection` needs to speak this version.
+
+``encode`` takes a fast path that packs short strings and numbers directly and, when a
+value does not fit it, falls back on ``_encode_checked``, which says which field is
+wrong. ``decode`` reads fields straight into a new object (see `txpika._specbase` for
+how frozen objects are built quickly) and raises `txpika._wire.WireError` for input
+that is truncated or malformed.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import builtins
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC as _UTC
 from datetime import datetime
 from struct import Struct
 from struct import error as _struct_error
@@ -48,10 +59,15 @@ from typing import Any, ClassVar
 
 from txpika._specbase import Dialect, Method, Properties
 from txpika._specbase import bad_flags as _bad_flags
+from txpika._specbase import build as _build
 from txpika._specbase import check_int as _check_int
+from txpika._specbase import decode_as as _decode_as
+from txpika._specbase import decode_failure as _decode_failure
+from txpika._specbase import twin as _twin
+from txpika._wire import _SHORT_PREFIX as _SP
+from txpika._wire import WireError as _WireError
+from txpika._wire import _decode_table, _table_bytes
 from txpika._wire import decode_longstr as _dec_longstr
-from txpika._wire import decode_table as _dec_table
-from txpika._wire import decode_timestamp as _dec_timestamp
 from txpika._wire import encode_longstr as _enc_longstr
 from txpika._wire import encode_shortstr as _enc_shortstr
 from txpika._wire import encode_table as _enc_table
@@ -90,18 +106,34 @@ NOT_ALLOWED = 530
 NOT_IMPLEMENTED = 540
 INTERNAL_ERROR = 541
 
-_S0 = Struct('>BB')
-_S1 = Struct('>HIH')
-_S2 = Struct('>B')
-_S3 = Struct('>H')
-_S4 = Struct('>HH')
-_S5 = Struct('>II')
-_S6 = Struct('>I')
-_S7 = Struct('>IHB')
-_S8 = Struct('>QB')
-_S9 = Struct('>Q')
-_S10 = Struct('>IHIB')
-_S11 = Struct('>BHIQB')
+_new: Any = object.__new__
+_join = b''.join
+_str_encode = str.encode
+_fromtimestamp = datetime.fromtimestamp
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_S0 = Struct('>IBB')
+_S1 = Struct('>BB')
+_S2 = Struct('>IHIH')
+_S3 = Struct('>HIH')
+_S4 = Struct('>IB')
+_S5 = Struct('>B')
+_S6 = Struct('>IHB')
+_S7 = Struct('>HH')
+_S8 = Struct('>H')
+_S9 = Struct('>IH')
+_S10 = Struct('>II')
+_S11 = Struct('>I')
+_S12 = Struct('>IIHB')
+_S13 = Struct('>QBB')
+_S14 = Struct('>QB')
+_S15 = Struct('>IQBB')
+_S16 = Struct('>IQB')
+_S17 = Struct('>Q')
+_S18 = Struct('>IQ')
+_S19 = Struct('>IIHIB')
+_S20 = Struct('>IHIB')
+_S21 = Struct('>IBHIQB')
+_S22 = Struct('>BHIQB')
 
 
 class Connection:
@@ -109,7 +141,7 @@ class Connection:
 
     CLASS_ID = 10
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Start(Method):
         """``connection.start`` (10, 10), synchronous."""
 
@@ -129,9 +161,28 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, version_major: int = 0, version_minor: int = 8, server_properties: Mapping[str, Any] | None = None, mechanisms: bytes = b'PLAIN', locales: bytes = b'en_US') -> Connection.Start:
+            if cls is not _Connection_Start:
+                return _build(cls, _Connection_Start, (version_major, version_minor, server_properties, mechanisms, locales))
+            obj = _new(_Connection_Start_T)
+            obj.version_major = version_major
+            obj.version_minor = version_minor
+            obj.server_properties = server_properties
+            obj.mechanisms = mechanisms
+            obj.locales = locales
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\n\x00\n' + _S0.pack(self.version_major, self.version_minor) + _enc_table(self.server_properties) + _enc_longstr(self.mechanisms) + _enc_longstr(self.locales)
+                return _join((_S0.pack(0x000a000a, self.version_major, self.version_minor), _enc_table(self.server_properties), _enc_longstr(self.mechanisms), _enc_longstr(self.locales)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\n\x00\n' + _S1.pack(self.version_major, self.version_minor) + _enc_table(self.server_properties) + _enc_longstr(self.mechanisms) + _enc_longstr(self.locales)
             except _struct_error:
                 _check_int('connection.start', 'version_major', self.version_major, 8)
                 _check_int('connection.start', 'version_minor', self.version_minor, 8)
@@ -139,14 +190,21 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Start, int]:
-            version_major, version_minor = _S0.unpack_from(data, offset)
-            offset += _S0.size
-            server_properties, offset = _dec_table(data, offset)
-            mechanisms, offset = _dec_longstr(data, offset)
-            locales, offset = _dec_longstr(data, offset)
-            return cls(version_major, version_minor, server_properties, mechanisms, locales), offset
+            if cls is not _Connection_Start:
+                return _decode_as(cls, _Connection_Start, data, offset)
+            obj = _new(_Connection_Start_T)
+            try:
+                obj.version_major, obj.version_minor = _S1.unpack_from(data, offset)
+                offset += 2
+                obj.server_properties, offset = _decode_table(data, offset, len(data), 1)
+                obj.mechanisms, offset = _dec_longstr(data, offset)
+                obj.locales, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class StartOk(Method):
         """``connection.start-ok`` (10, 11)."""
 
@@ -165,26 +223,58 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, client_properties: Mapping[str, Any] | None = None, mechanism: str = 'PLAIN', response: bytes = b"", locale: str = 'en_US') -> Connection.StartOk:
+            if cls is not _Connection_StartOk:
+                return _build(cls, _Connection_StartOk, (client_properties, mechanism, response, locale))
+            obj = _new(_Connection_StartOk_T)
+            obj.client_properties = client_properties
+            obj.mechanism = mechanism
+            obj.response = response
+            obj.locale = locale
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_mechanism = _str_encode(self.mechanism)
+                v_locale = _str_encode(self.locale)
+                return _join((b'\x00\n\x00\x0b', _enc_table(self.client_properties), _SP[len(v_mechanism)], v_mechanism, _enc_longstr(self.response), _SP[len(v_locale)], v_locale))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p1 = _enc_shortstr(self.mechanism)
             p3 = _enc_shortstr(self.locale)
             return b'\x00\n\x00\x0b' + _enc_table(self.client_properties) + p1 + _enc_longstr(self.response) + p3
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.StartOk, int]:
-            client_properties, offset = _dec_table(data, offset)
-            length = data[offset]
-            offset += 1
-            mechanism = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            response, offset = _dec_longstr(data, offset)
-            length = data[offset]
-            offset += 1
-            locale = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(client_properties, mechanism, response, locale), offset
+            if cls is not _Connection_StartOk:
+                return _decode_as(cls, _Connection_StartOk, data, offset)
+            obj = _new(_Connection_StartOk_T)
+            try:
+                obj.client_properties, offset = _decode_table(data, offset, len(data), 1)
+                end = offset + 1 + data[offset]
+                try:
+                    obj.mechanism = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.mechanism = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.response, offset = _dec_longstr(data, end)
+                end = offset + 1 + data[offset]
+                try:
+                    obj.locale = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.locale = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Secure(Method):
         """``connection.secure`` (10, 20), synchronous."""
 
@@ -200,15 +290,30 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, challenge: bytes = b"") -> Connection.Secure:
+            if cls is not _Connection_Secure:
+                return _build(cls, _Connection_Secure, (challenge,))
+            obj = _new(_Connection_Secure_T)
+            obj.challenge = challenge
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\n\x00\x14' + _enc_longstr(self.challenge)
+            return _join((b'\x00\n\x00\x14', _enc_longstr(self.challenge)))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Secure, int]:
-            challenge, offset = _dec_longstr(data, offset)
-            return cls(challenge), offset
+            if cls is not _Connection_Secure:
+                return _decode_as(cls, _Connection_Secure, data, offset)
+            obj = _new(_Connection_Secure_T)
+            try:
+                obj.challenge, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class SecureOk(Method):
         """``connection.secure-ok`` (10, 21)."""
 
@@ -224,15 +329,30 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, response: bytes = b"") -> Connection.SecureOk:
+            if cls is not _Connection_SecureOk:
+                return _build(cls, _Connection_SecureOk, (response,))
+            obj = _new(_Connection_SecureOk_T)
+            obj.response = response
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\n\x00\x15' + _enc_longstr(self.response)
+            return _join((b'\x00\n\x00\x15', _enc_longstr(self.response)))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.SecureOk, int]:
-            response, offset = _dec_longstr(data, offset)
-            return cls(response), offset
+            if cls is not _Connection_SecureOk:
+                return _decode_as(cls, _Connection_SecureOk, data, offset)
+            obj = _new(_Connection_SecureOk_T)
+            try:
+                obj.response, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Tune(Method):
         """``connection.tune`` (10, 30), synchronous."""
 
@@ -250,9 +370,26 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> Connection.Tune:
+            if cls is not _Connection_Tune:
+                return _build(cls, _Connection_Tune, (channel_max, frame_max, heartbeat))
+            obj = _new(_Connection_Tune_T)
+            obj.channel_max = channel_max
+            obj.frame_max = frame_max
+            obj.heartbeat = heartbeat
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\n\x00\x1e' + _S1.pack(self.channel_max, self.frame_max, self.heartbeat)
+                return _S2.pack(0x000a001e, self.channel_max, self.frame_max, self.heartbeat)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\n\x00\x1e' + _S3.pack(self.channel_max, self.frame_max, self.heartbeat)
             except _struct_error:
                 _check_int('connection.tune', 'channel_max', self.channel_max, 16)
                 _check_int('connection.tune', 'frame_max', self.frame_max, 32)
@@ -261,11 +398,18 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Tune, int]:
-            channel_max, frame_max, heartbeat = _S1.unpack_from(data, offset)
-            offset += _S1.size
-            return cls(channel_max, frame_max, heartbeat), offset
+            if cls is not _Connection_Tune:
+                return _decode_as(cls, _Connection_Tune, data, offset)
+            obj = _new(_Connection_Tune_T)
+            try:
+                obj.channel_max, obj.frame_max, obj.heartbeat = _S3.unpack_from(data, offset)
+                offset += 8
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class TuneOk(Method):
         """``connection.tune-ok`` (10, 31)."""
 
@@ -283,9 +427,26 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> Connection.TuneOk:
+            if cls is not _Connection_TuneOk:
+                return _build(cls, _Connection_TuneOk, (channel_max, frame_max, heartbeat))
+            obj = _new(_Connection_TuneOk_T)
+            obj.channel_max = channel_max
+            obj.frame_max = frame_max
+            obj.heartbeat = heartbeat
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\n\x00\x1f' + _S1.pack(self.channel_max, self.frame_max, self.heartbeat)
+                return _S2.pack(0x000a001f, self.channel_max, self.frame_max, self.heartbeat)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\n\x00\x1f' + _S3.pack(self.channel_max, self.frame_max, self.heartbeat)
             except _struct_error:
                 _check_int('connection.tune-ok', 'channel_max', self.channel_max, 16)
                 _check_int('connection.tune-ok', 'frame_max', self.frame_max, 32)
@@ -294,11 +455,18 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.TuneOk, int]:
-            channel_max, frame_max, heartbeat = _S1.unpack_from(data, offset)
-            offset += _S1.size
-            return cls(channel_max, frame_max, heartbeat), offset
+            if cls is not _Connection_TuneOk:
+                return _decode_as(cls, _Connection_TuneOk, data, offset)
+            obj = _new(_Connection_TuneOk_T)
+            try:
+                obj.channel_max, obj.frame_max, obj.heartbeat = _S3.unpack_from(data, offset)
+                offset += 8
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Open(Method):
         """``connection.open`` (10, 40), synchronous."""
 
@@ -316,27 +484,55 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, virtual_host: str = '/', capabilities: str = '', insist: bool = False) -> Connection.Open:
+            if cls is not _Connection_Open:
+                return _build(cls, _Connection_Open, (virtual_host, capabilities, insist))
+            obj = _new(_Connection_Open_T)
+            obj.virtual_host = virtual_host
+            obj.capabilities = capabilities
+            obj.insist = insist
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_virtual_host = _str_encode(self.virtual_host)
+                v_capabilities = _str_encode(self.capabilities)
+                return _join((_S4.pack(0x000a0028, len(v_virtual_host)), v_virtual_host, _SP[len(v_capabilities)], v_capabilities, _SP[1 if self.insist else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.virtual_host)
             p1 = _enc_shortstr(self.capabilities)
-            return b'\x00\n\x00(' + p0 + p1 + _S2.pack(1 if self.insist else 0)
+            return b'\x00\n\x00(' + p0 + p1 + _S5.pack(1 if self.insist else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Open, int]:
-            length = data[offset]
-            offset += 1
-            virtual_host = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            capabilities = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            insist = bool(_b0 & 1)
-            return cls(virtual_host, capabilities, insist), offset
+            if cls is not _Connection_Open:
+                return _decode_as(cls, _Connection_Open, data, offset)
+            obj = _new(_Connection_Open_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.virtual_host = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.virtual_host = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.capabilities = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.capabilities = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.insist = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class OpenOk(Method):
         """``connection.open-ok`` (10, 41)."""
 
@@ -352,19 +548,46 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, known_hosts: str = '') -> Connection.OpenOk:
+            if cls is not _Connection_OpenOk:
+                return _build(cls, _Connection_OpenOk, (known_hosts,))
+            obj = _new(_Connection_OpenOk_T)
+            obj.known_hosts = known_hosts
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_known_hosts = _str_encode(self.known_hosts)
+                return _join((_S4.pack(0x000a0029, len(v_known_hosts)), v_known_hosts))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.known_hosts)
             return b'\x00\n\x00)' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.OpenOk, int]:
-            length = data[offset]
-            offset += 1
-            known_hosts = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(known_hosts), offset
+            if cls is not _Connection_OpenOk:
+                return _decode_as(cls, _Connection_OpenOk, data, offset)
+            obj = _new(_Connection_OpenOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.known_hosts = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.known_hosts = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Redirect(Method):
         """``connection.redirect`` (10, 50)."""
 
@@ -381,24 +604,53 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, host: str = "", known_hosts: str = '') -> Connection.Redirect:
+            if cls is not _Connection_Redirect:
+                return _build(cls, _Connection_Redirect, (host, known_hosts))
+            obj = _new(_Connection_Redirect_T)
+            obj.host = host
+            obj.known_hosts = known_hosts
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_host = _str_encode(self.host)
+                v_known_hosts = _str_encode(self.known_hosts)
+                return _join((_S4.pack(0x000a0032, len(v_host)), v_host, _SP[len(v_known_hosts)], v_known_hosts))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.host)
             p1 = _enc_shortstr(self.known_hosts)
             return b'\x00\n\x002' + p0 + p1
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Redirect, int]:
-            length = data[offset]
-            offset += 1
-            host = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            known_hosts = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(host, known_hosts), offset
+            if cls is not _Connection_Redirect:
+                return _decode_as(cls, _Connection_Redirect, data, offset)
+            obj = _new(_Connection_Redirect_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.host = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.host = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.known_hosts = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.known_hosts = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Close(Method):
         """``connection.close`` (10, 60), synchronous."""
 
@@ -417,10 +669,29 @@ class Connection:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 0, reply_text: str = '', class_id: int = 0, method_id: int = 0) -> Connection.Close:
+            if cls is not _Connection_Close:
+                return _build(cls, _Connection_Close, (reply_code, reply_text, class_id, method_id))
+            obj = _new(_Connection_Close_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.class_id = class_id
+            obj.method_id = method_id
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_reply_text = _str_encode(self.reply_text)
+                return _join((_S6.pack(0x000a003c, self.reply_code, len(v_reply_text)), v_reply_text, _S7.pack(self.class_id, self.method_id)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.reply_text)
-                return b'\x00\n\x00<' + _S3.pack(self.reply_code) + p1 + _S4.pack(self.class_id, self.method_id)
+                return b'\x00\n\x00<' + _S8.pack(self.reply_code) + p1 + _S7.pack(self.class_id, self.method_id)
             except _struct_error:
                 _check_int('connection.close', 'reply_code', self.reply_code, 16)
                 _check_int('connection.close', 'class_id', self.class_id, 16)
@@ -429,17 +700,26 @@ class Connection:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Connection.Close, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            class_id, method_id = _S4.unpack_from(data, offset)
-            offset += _S4.size
-            return cls(reply_code, reply_text, class_id, method_id), offset
+            if cls is not _Connection_Close:
+                return _decode_as(cls, _Connection_Close, data, offset)
+            obj = _new(_Connection_Close_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.class_id, obj.method_id = _S7.unpack_from(data, end)
+                end += 4
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CloseOk(Method):
         """``connection.close-ok`` (10, 61)."""
 
@@ -466,7 +746,7 @@ class Channel:
 
     CLASS_ID = 20
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Open(Method):
         """``channel.open`` (20, 10), synchronous."""
 
@@ -482,19 +762,46 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, out_of_band: str = '') -> Channel.Open:
+            if cls is not _Channel_Open:
+                return _build(cls, _Channel_Open, (out_of_band,))
+            obj = _new(_Channel_Open_T)
+            obj.out_of_band = out_of_band
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_out_of_band = _str_encode(self.out_of_band)
+                return _join((_S4.pack(0x0014000a, len(v_out_of_band)), v_out_of_band))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.out_of_band)
             return b'\x00\x14\x00\n' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.Open, int]:
-            length = data[offset]
-            offset += 1
-            out_of_band = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(out_of_band), offset
+            if cls is not _Channel_Open:
+                return _decode_as(cls, _Channel_Open, data, offset)
+            obj = _new(_Channel_Open_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.out_of_band = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.out_of_band = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class OpenOk(Method):
         """``channel.open-ok`` (20, 11)."""
 
@@ -515,7 +822,7 @@ class Channel:
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.OpenOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Flow(Method):
         """``channel.flow`` (20, 20), synchronous."""
 
@@ -531,17 +838,32 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, active: bool = False) -> Channel.Flow:
+            if cls is not _Channel_Flow:
+                return _build(cls, _Channel_Flow, (active,))
+            obj = _new(_Channel_Flow_T)
+            obj.active = active
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\x14\x00\x14' + _S2.pack(1 if self.active else 0)
+            return _S4.pack(0x00140014, 1 if self.active else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.Flow, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            active = bool(_b0 & 1)
-            return cls(active), offset
+            if cls is not _Channel_Flow:
+                return _decode_as(cls, _Channel_Flow, data, offset)
+            obj = _new(_Channel_Flow_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.active = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class FlowOk(Method):
         """``channel.flow-ok`` (20, 21)."""
 
@@ -557,17 +879,32 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, active: bool = False) -> Channel.FlowOk:
+            if cls is not _Channel_FlowOk:
+                return _build(cls, _Channel_FlowOk, (active,))
+            obj = _new(_Channel_FlowOk_T)
+            obj.active = active
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00\x14\x00\x15' + _S2.pack(1 if self.active else 0)
+            return _S4.pack(0x00140015, 1 if self.active else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.FlowOk, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            active = bool(_b0 & 1)
-            return cls(active), offset
+            if cls is not _Channel_FlowOk:
+                return _decode_as(cls, _Channel_FlowOk, data, offset)
+            obj = _new(_Channel_FlowOk_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.active = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Alert(Method):
         """``channel.alert`` (20, 30)."""
 
@@ -585,26 +922,52 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 0, reply_text: str = '', details: Mapping[str, Any] | None = None) -> Channel.Alert:
+            if cls is not _Channel_Alert:
+                return _build(cls, _Channel_Alert, (reply_code, reply_text, details))
+            obj = _new(_Channel_Alert_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.details = details
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_reply_text = _str_encode(self.reply_text)
+                return _join((_S6.pack(0x0014001e, self.reply_code, len(v_reply_text)), v_reply_text, _enc_table(self.details)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.reply_text)
-                return b'\x00\x14\x00\x1e' + _S3.pack(self.reply_code) + p1 + _enc_table(self.details)
+                return b'\x00\x14\x00\x1e' + _S8.pack(self.reply_code) + p1 + _enc_table(self.details)
             except _struct_error:
                 _check_int('channel.alert', 'reply_code', self.reply_code, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.Alert, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            details, offset = _dec_table(data, offset)
-            return cls(reply_code, reply_text, details), offset
+            if cls is not _Channel_Alert:
+                return _decode_as(cls, _Channel_Alert, data, offset)
+            obj = _new(_Channel_Alert_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.details, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Close(Method):
         """``channel.close`` (20, 40), synchronous."""
 
@@ -623,10 +986,29 @@ class Channel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 0, reply_text: str = '', class_id: int = 0, method_id: int = 0) -> Channel.Close:
+            if cls is not _Channel_Close:
+                return _build(cls, _Channel_Close, (reply_code, reply_text, class_id, method_id))
+            obj = _new(_Channel_Close_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.class_id = class_id
+            obj.method_id = method_id
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_reply_text = _str_encode(self.reply_text)
+                return _join((_S6.pack(0x00140028, self.reply_code, len(v_reply_text)), v_reply_text, _S7.pack(self.class_id, self.method_id)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.reply_text)
-                return b'\x00\x14\x00(' + _S3.pack(self.reply_code) + p1 + _S4.pack(self.class_id, self.method_id)
+                return b'\x00\x14\x00(' + _S8.pack(self.reply_code) + p1 + _S7.pack(self.class_id, self.method_id)
             except _struct_error:
                 _check_int('channel.close', 'reply_code', self.reply_code, 16)
                 _check_int('channel.close', 'class_id', self.class_id, 16)
@@ -635,17 +1017,26 @@ class Channel:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Channel.Close, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            class_id, method_id = _S4.unpack_from(data, offset)
-            offset += _S4.size
-            return cls(reply_code, reply_text, class_id, method_id), offset
+            if cls is not _Channel_Close:
+                return _decode_as(cls, _Channel_Close, data, offset)
+            obj = _new(_Channel_Close_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.class_id, obj.method_id = _S7.unpack_from(data, end)
+                end += 4
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CloseOk(Method):
         """``channel.close-ok`` (20, 41)."""
 
@@ -672,7 +1063,7 @@ class Access:
 
     CLASS_ID = 30
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Request(Method):
         """``access.request`` (30, 10), synchronous."""
 
@@ -693,26 +1084,56 @@ class Access:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, realm: str = '/data', exclusive: bool = False, passive: bool = True, active: bool = True, write: bool = True, read: bool = True) -> Access.Request:
+            if cls is not _Access_Request:
+                return _build(cls, _Access_Request, (realm, exclusive, passive, active, write, read))
+            obj = _new(_Access_Request_T)
+            obj.realm = realm
+            obj.exclusive = exclusive
+            obj.passive = passive
+            obj.active = active
+            obj.write = write
+            obj.read = read
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_realm = _str_encode(self.realm)
+                return _join((_S4.pack(0x001e000a, len(v_realm)), v_realm, _SP[(1 if self.exclusive else 0) | (2 if self.passive else 0) | (4 if self.active else 0) | (8 if self.write else 0) | (16 if self.read else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.realm)
-            return b'\x00\x1e\x00\n' + p0 + _S2.pack((1 if self.exclusive else 0) | (2 if self.passive else 0) | (4 if self.active else 0) | (8 if self.write else 0) | (16 if self.read else 0))
+            return b'\x00\x1e\x00\n' + p0 + _S5.pack((1 if self.exclusive else 0) | (2 if self.passive else 0) | (4 if self.active else 0) | (8 if self.write else 0) | (16 if self.read else 0))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Access.Request, int]:
-            length = data[offset]
-            offset += 1
-            realm = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            exclusive = bool(_b0 & 1)
-            passive = bool(_b0 & 2)
-            active = bool(_b0 & 4)
-            write = bool(_b0 & 8)
-            read = bool(_b0 & 16)
-            return cls(realm, exclusive, passive, active, write, read), offset
+            if cls is not _Access_Request:
+                return _decode_as(cls, _Access_Request, data, offset)
+            obj = _new(_Access_Request_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.realm = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.realm = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.exclusive = (_b0 & 1) != 0
+                obj.passive = (_b0 & 2) != 0
+                obj.active = (_b0 & 4) != 0
+                obj.write = (_b0 & 8) != 0
+                obj.read = (_b0 & 16) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RequestOk(Method):
         """``access.request-ok`` (30, 11)."""
 
@@ -728,18 +1149,40 @@ class Access:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1) -> Access.RequestOk:
+            if cls is not _Access_RequestOk:
+                return _build(cls, _Access_RequestOk, (ticket,))
+            obj = _new(_Access_RequestOk_T)
+            obj.ticket = ticket
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00\x1e\x00\x0b' + _S3.pack(self.ticket)
+                return _S9.pack(0x001e000b, self.ticket)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00\x1e\x00\x0b' + _S8.pack(self.ticket)
             except _struct_error:
                 _check_int('access.request-ok', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Access.RequestOk, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            return cls(ticket), offset
+            if cls is not _Access_RequestOk:
+                return _decode_as(cls, _Access_RequestOk, data, offset)
+            obj = _new(_Access_RequestOk_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
 
 class Exchange:
@@ -747,7 +1190,7 @@ class Exchange:
 
     CLASS_ID = 40
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Declare(Method):
         """``exchange.declare`` (40, 10), synchronous."""
 
@@ -771,38 +1214,72 @@ class Exchange:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, exchange: str = "", type: str = 'direct', passive: bool = False, durable: bool = False, auto_delete: bool = False, internal: bool = False, nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Exchange.Declare:
+            if cls is not _Exchange_Declare:
+                return _build(cls, _Exchange_Declare, (ticket, exchange, type, passive, durable, auto_delete, internal, nowait, arguments))
+            obj = _new(_Exchange_Declare_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.type = type
+            obj.passive = passive
+            obj.durable = durable
+            obj.auto_delete = auto_delete
+            obj.internal = internal
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_type = _str_encode(self.type)
+                return _join((_S6.pack(0x0028000a, self.ticket, len(v_exchange)), v_exchange, _SP[len(v_type)], v_type, _SP[(1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.auto_delete else 0) | (8 if self.internal else 0) | (16 if self.nowait else 0)], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.type)
-                return b'\x00(\x00\n' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.auto_delete else 0) | (8 if self.internal else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
+                return b'\x00(\x00\n' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.auto_delete else 0) | (8 if self.internal else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('exchange.declare', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.Declare, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            passive = bool(_b0 & 1)
-            durable = bool(_b0 & 2)
-            auto_delete = bool(_b0 & 4)
-            internal = bool(_b0 & 8)
-            nowait = bool(_b0 & 16)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, exchange, type, passive, durable, auto_delete, internal, nowait, arguments), offset
+            if cls is not _Exchange_Declare:
+                return _decode_as(cls, _Exchange_Declare, data, offset)
+            obj = _new(_Exchange_Declare_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.type = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.type = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.passive = (_b0 & 1) != 0
+                obj.durable = (_b0 & 2) != 0
+                obj.auto_delete = (_b0 & 4) != 0
+                obj.internal = (_b0 & 8) != 0
+                obj.nowait = (_b0 & 16) != 0
+                obj.arguments, offset = _decode_table(data, offset, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeclareOk(Method):
         """``exchange.declare-ok`` (40, 11)."""
 
@@ -823,7 +1300,7 @@ class Exchange:
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.DeclareOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Delete(Method):
         """``exchange.delete`` (40, 20), synchronous."""
 
@@ -842,29 +1319,57 @@ class Exchange:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, exchange: str = "", if_unused: bool = False, nowait: bool = False) -> Exchange.Delete:
+            if cls is not _Exchange_Delete:
+                return _build(cls, _Exchange_Delete, (ticket, exchange, if_unused, nowait))
+            obj = _new(_Exchange_Delete_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.if_unused = if_unused
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_exchange = _str_encode(self.exchange)
+                return _join((_S6.pack(0x00280014, self.ticket, len(v_exchange)), v_exchange, _SP[(1 if self.if_unused else 0) | (2 if self.nowait else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.exchange)
-                return b'\x00(\x00\x14' + _S3.pack(self.ticket) + p1 + _S2.pack((1 if self.if_unused else 0) | (2 if self.nowait else 0))
+                return b'\x00(\x00\x14' + _S8.pack(self.ticket) + p1 + _S5.pack((1 if self.if_unused else 0) | (2 if self.nowait else 0))
             except _struct_error:
                 _check_int('exchange.delete', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Exchange.Delete, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            if_unused = bool(_b0 & 1)
-            nowait = bool(_b0 & 2)
-            return cls(ticket, exchange, if_unused, nowait), offset
+            if cls is not _Exchange_Delete:
+                return _decode_as(cls, _Exchange_Delete, data, offset)
+            obj = _new(_Exchange_Delete_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.if_unused = (_b0 & 1) != 0
+                obj.nowait = (_b0 & 2) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeleteOk(Method):
         """``exchange.delete-ok`` (40, 21)."""
 
@@ -891,7 +1396,7 @@ class Queue:
 
     CLASS_ID = 50
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Declare(Method):
         """``queue.declare`` (50, 10), synchronous."""
 
@@ -914,33 +1419,64 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', passive: bool = False, durable: bool = False, exclusive: bool = False, auto_delete: bool = False, nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Queue.Declare:
+            if cls is not _Queue_Declare:
+                return _build(cls, _Queue_Declare, (ticket, queue, passive, durable, exclusive, auto_delete, nowait, arguments))
+            obj = _new(_Queue_Declare_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.passive = passive
+            obj.durable = durable
+            obj.exclusive = exclusive
+            obj.auto_delete = auto_delete
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x0032000a, self.ticket, len(v_queue)), v_queue, _SP[(1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.exclusive else 0) | (8 if self.auto_delete else 0) | (16 if self.nowait else 0)], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x002\x00\n' + _S3.pack(self.ticket) + p1 + _S2.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.exclusive else 0) | (8 if self.auto_delete else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
+                return b'\x002\x00\n' + _S8.pack(self.ticket) + p1 + _S5.pack((1 if self.passive else 0) | (2 if self.durable else 0) | (4 if self.exclusive else 0) | (8 if self.auto_delete else 0) | (16 if self.nowait else 0)) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('queue.declare', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Declare, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            passive = bool(_b0 & 1)
-            durable = bool(_b0 & 2)
-            exclusive = bool(_b0 & 4)
-            auto_delete = bool(_b0 & 8)
-            nowait = bool(_b0 & 16)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, queue, passive, durable, exclusive, auto_delete, nowait, arguments), offset
+            if cls is not _Queue_Declare:
+                return _decode_as(cls, _Queue_Declare, data, offset)
+            obj = _new(_Queue_Declare_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.passive = (_b0 & 1) != 0
+                obj.durable = (_b0 & 2) != 0
+                obj.exclusive = (_b0 & 4) != 0
+                obj.auto_delete = (_b0 & 8) != 0
+                obj.nowait = (_b0 & 16) != 0
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeclareOk(Method):
         """``queue.declare-ok`` (50, 11)."""
 
@@ -958,10 +1494,28 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, queue: str = "", message_count: int = 0, consumer_count: int = 0) -> Queue.DeclareOk:
+            if cls is not _Queue_DeclareOk:
+                return _build(cls, _Queue_DeclareOk, (queue, message_count, consumer_count))
+            obj = _new(_Queue_DeclareOk_T)
+            obj.queue = queue
+            obj.message_count = message_count
+            obj.consumer_count = consumer_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S4.pack(0x0032000b, len(v_queue)), v_queue, _S10.pack(self.message_count, self.consumer_count)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p0 = _enc_shortstr(self.queue)
-                return b'\x002\x00\x0b' + p0 + _S5.pack(self.message_count, self.consumer_count)
+                return b'\x002\x00\x0b' + p0 + _S10.pack(self.message_count, self.consumer_count)
             except _struct_error:
                 _check_int('queue.declare-ok', 'message_count', self.message_count, 32)
                 _check_int('queue.declare-ok', 'consumer_count', self.consumer_count, 32)
@@ -969,15 +1523,24 @@ class Queue:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.DeclareOk, int]:
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            message_count, consumer_count = _S5.unpack_from(data, offset)
-            offset += _S5.size
-            return cls(queue, message_count, consumer_count), offset
+            if cls is not _Queue_DeclareOk:
+                return _decode_as(cls, _Queue_DeclareOk, data, offset)
+            obj = _new(_Queue_DeclareOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.message_count, obj.consumer_count = _S10.unpack_from(data, end)
+                end += 8
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Bind(Method):
         """``queue.bind`` (50, 20), synchronous."""
 
@@ -998,39 +1561,72 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', exchange: str = "", routing_key: str = '', nowait: bool = False, arguments: Mapping[str, Any] | None = None) -> Queue.Bind:
+            if cls is not _Queue_Bind:
+                return _build(cls, _Queue_Bind, (ticket, queue, exchange, routing_key, nowait, arguments))
+            obj = _new(_Queue_Bind_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.nowait = nowait
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00320014, self.ticket, len(v_queue)), v_queue, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key, _SP[1 if self.nowait else 0], _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x002\x00\x14' + _S3.pack(self.ticket) + p1 + p2 + p3 + _S2.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
+                return b'\x002\x00\x14' + _S8.pack(self.ticket) + p1 + p2 + p3 + _S5.pack(1 if self.nowait else 0) + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('queue.bind', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Bind, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, queue, exchange, routing_key, nowait, arguments), offset
+            if cls is not _Queue_Bind:
+                return _decode_as(cls, _Queue_Bind, data, offset)
+            obj = _new(_Queue_Bind_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class BindOk(Method):
         """``queue.bind-ok`` (50, 21)."""
 
@@ -1051,7 +1647,7 @@ class Queue:
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.BindOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Purge(Method):
         """``queue.purge`` (50, 30), synchronous."""
 
@@ -1069,28 +1665,55 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', nowait: bool = False) -> Queue.Purge:
+            if cls is not _Queue_Purge:
+                return _build(cls, _Queue_Purge, (ticket, queue, nowait))
+            obj = _new(_Queue_Purge_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x0032001e, self.ticket, len(v_queue)), v_queue, _SP[1 if self.nowait else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x002\x00\x1e' + _S3.pack(self.ticket) + p1 + _S2.pack(1 if self.nowait else 0)
+                return b'\x002\x00\x1e' + _S8.pack(self.ticket) + p1 + _S5.pack(1 if self.nowait else 0)
             except _struct_error:
                 _check_int('queue.purge', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Purge, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            return cls(ticket, queue, nowait), offset
+            if cls is not _Queue_Purge:
+                return _decode_as(cls, _Queue_Purge, data, offset)
+            obj = _new(_Queue_Purge_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class PurgeOk(Method):
         """``queue.purge-ok`` (50, 31)."""
 
@@ -1106,20 +1729,42 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, message_count: int = 0) -> Queue.PurgeOk:
+            if cls is not _Queue_PurgeOk:
+                return _build(cls, _Queue_PurgeOk, (message_count,))
+            obj = _new(_Queue_PurgeOk_T)
+            obj.message_count = message_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x002\x00\x1f' + _S6.pack(self.message_count)
+                return _S10.pack(0x0032001f, self.message_count)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x002\x00\x1f' + _S11.pack(self.message_count)
             except _struct_error:
                 _check_int('queue.purge-ok', 'message_count', self.message_count, 32)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.PurgeOk, int]:
-            message_count, = _S6.unpack_from(data, offset)
-            offset += _S6.size
-            return cls(message_count), offset
+            if cls is not _Queue_PurgeOk:
+                return _decode_as(cls, _Queue_PurgeOk, data, offset)
+            obj = _new(_Queue_PurgeOk_T)
+            try:
+                (obj.message_count,) = _S11.unpack_from(data, offset)
+                offset += 4
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Delete(Method):
         """``queue.delete`` (50, 40), synchronous."""
 
@@ -1139,30 +1784,59 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', if_unused: bool = False, if_empty: bool = False, nowait: bool = False) -> Queue.Delete:
+            if cls is not _Queue_Delete:
+                return _build(cls, _Queue_Delete, (ticket, queue, if_unused, if_empty, nowait))
+            obj = _new(_Queue_Delete_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.if_unused = if_unused
+            obj.if_empty = if_empty
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x00320028, self.ticket, len(v_queue)), v_queue, _SP[(1 if self.if_unused else 0) | (2 if self.if_empty else 0) | (4 if self.nowait else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x002\x00(' + _S3.pack(self.ticket) + p1 + _S2.pack((1 if self.if_unused else 0) | (2 if self.if_empty else 0) | (4 if self.nowait else 0))
+                return b'\x002\x00(' + _S8.pack(self.ticket) + p1 + _S5.pack((1 if self.if_unused else 0) | (2 if self.if_empty else 0) | (4 if self.nowait else 0))
             except _struct_error:
                 _check_int('queue.delete', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Delete, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            if_unused = bool(_b0 & 1)
-            if_empty = bool(_b0 & 2)
-            nowait = bool(_b0 & 4)
-            return cls(ticket, queue, if_unused, if_empty, nowait), offset
+            if cls is not _Queue_Delete:
+                return _decode_as(cls, _Queue_Delete, data, offset)
+            obj = _new(_Queue_Delete_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.if_unused = (_b0 & 1) != 0
+                obj.if_empty = (_b0 & 2) != 0
+                obj.nowait = (_b0 & 4) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class DeleteOk(Method):
         """``queue.delete-ok`` (50, 41)."""
 
@@ -1178,20 +1852,42 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, message_count: int = 0) -> Queue.DeleteOk:
+            if cls is not _Queue_DeleteOk:
+                return _build(cls, _Queue_DeleteOk, (message_count,))
+            obj = _new(_Queue_DeleteOk_T)
+            obj.message_count = message_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x002\x00)' + _S6.pack(self.message_count)
+                return _S10.pack(0x00320029, self.message_count)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x002\x00)' + _S11.pack(self.message_count)
             except _struct_error:
                 _check_int('queue.delete-ok', 'message_count', self.message_count, 32)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.DeleteOk, int]:
-            message_count, = _S6.unpack_from(data, offset)
-            offset += _S6.size
-            return cls(message_count), offset
+            if cls is not _Queue_DeleteOk:
+                return _decode_as(cls, _Queue_DeleteOk, data, offset)
+            obj = _new(_Queue_DeleteOk_T)
+            try:
+                (obj.message_count,) = _S11.unpack_from(data, offset)
+                offset += 4
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Unbind(Method):
         """``queue.unbind`` (50, 50), synchronous."""
 
@@ -1211,36 +1907,68 @@ class Queue:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', exchange: str = "", routing_key: str = '', arguments: Mapping[str, Any] | None = None) -> Queue.Unbind:
+            if cls is not _Queue_Unbind:
+                return _build(cls, _Queue_Unbind, (ticket, queue, exchange, routing_key, arguments))
+            obj = _new(_Queue_Unbind_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.arguments = arguments
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00320032, self.ticket, len(v_queue)), v_queue, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key, _enc_table(self.arguments)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x002\x002' + _S3.pack(self.ticket) + p1 + p2 + p3 + _enc_table(self.arguments)
+                return b'\x002\x002' + _S8.pack(self.ticket) + p1 + p2 + p3 + _enc_table(self.arguments)
             except _struct_error:
                 _check_int('queue.unbind', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Queue.Unbind, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            arguments, offset = _dec_table(data, offset)
-            return cls(ticket, queue, exchange, routing_key, arguments), offset
+            if cls is not _Queue_Unbind:
+                return _decode_as(cls, _Queue_Unbind, data, offset)
+            obj = _new(_Queue_Unbind_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.arguments, offset = _decode_table(data, end, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class UnbindOk(Method):
         """``queue.unbind-ok`` (50, 51)."""
 
@@ -1267,7 +1995,7 @@ class Basic:
 
     CLASS_ID = 60
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Qos(Method):
         """``basic.qos`` (60, 10), synchronous."""
 
@@ -1285,9 +2013,26 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, prefetch_size: int = 0, prefetch_count: int = 0, global_: bool = False) -> Basic.Qos:
+            if cls is not _Basic_Qos:
+                return _build(cls, _Basic_Qos, (prefetch_size, prefetch_count, global_))
+            obj = _new(_Basic_Qos_T)
+            obj.prefetch_size = prefetch_size
+            obj.prefetch_count = prefetch_count
+            obj.global_ = global_
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00<\x00\n' + _S7.pack(self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
+                return _S12.pack(0x003c000a, self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00<\x00\n' + _S6.pack(self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
             except _struct_error:
                 _check_int('basic.qos', 'prefetch_size', self.prefetch_size, 32)
                 _check_int('basic.qos', 'prefetch_count', self.prefetch_count, 16)
@@ -1295,12 +2040,19 @@ class Basic:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Qos, int]:
-            prefetch_size, prefetch_count, _b2 = _S7.unpack_from(data, offset)
-            offset += _S7.size
-            global_ = bool(_b2 & 1)
-            return cls(prefetch_size, prefetch_count, global_), offset
+            if cls is not _Basic_Qos:
+                return _decode_as(cls, _Basic_Qos, data, offset)
+            obj = _new(_Basic_Qos_T)
+            try:
+                obj.prefetch_size, obj.prefetch_count, _b2 = _S6.unpack_from(data, offset)
+                offset += 7
+                obj.global_ = (_b2 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class QosOk(Method):
         """``basic.qos-ok`` (60, 11)."""
 
@@ -1321,7 +2073,7 @@ class Basic:
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.QosOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Consume(Method):
         """``basic.consume`` (60, 20), synchronous."""
 
@@ -1343,36 +2095,68 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', consumer_tag: str = '', no_local: bool = False, no_ack: bool = False, exclusive: bool = False, nowait: bool = False) -> Basic.Consume:
+            if cls is not _Basic_Consume:
+                return _build(cls, _Basic_Consume, (ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait))
+            obj = _new(_Basic_Consume_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.consumer_tag = consumer_tag
+            obj.no_local = no_local
+            obj.no_ack = no_ack
+            obj.exclusive = exclusive
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S6.pack(0x003c0014, self.ticket, len(v_queue)), v_queue, _SP[len(v_consumer_tag)], v_consumer_tag, _SP[(1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.consumer_tag)
-                return b'\x00<\x00\x14' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0))
+                return b'\x00<\x00\x14' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0))
             except _struct_error:
                 _check_int('basic.consume', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Consume, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            no_local = bool(_b0 & 1)
-            no_ack = bool(_b0 & 2)
-            exclusive = bool(_b0 & 4)
-            nowait = bool(_b0 & 8)
-            return cls(ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait), offset
+            if cls is not _Basic_Consume:
+                return _decode_as(cls, _Basic_Consume, data, offset)
+            obj = _new(_Basic_Consume_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.consumer_tag = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.no_local = (_b0 & 1) != 0
+                obj.no_ack = (_b0 & 2) != 0
+                obj.exclusive = (_b0 & 4) != 0
+                obj.nowait = (_b0 & 8) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class ConsumeOk(Method):
         """``basic.consume-ok`` (60, 21)."""
 
@@ -1388,19 +2172,46 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> Basic.ConsumeOk:
+            if cls is not _Basic_ConsumeOk:
+                return _build(cls, _Basic_ConsumeOk, (consumer_tag,))
+            obj = _new(_Basic_ConsumeOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x003c0015, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00<\x00\x15' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.ConsumeOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _Basic_ConsumeOk:
+                return _decode_as(cls, _Basic_ConsumeOk, data, offset)
+            obj = _new(_Basic_ConsumeOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Cancel(Method):
         """``basic.cancel`` (60, 30), synchronous."""
 
@@ -1417,22 +2228,48 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", nowait: bool = False) -> Basic.Cancel:
+            if cls is not _Basic_Cancel:
+                return _build(cls, _Basic_Cancel, (consumer_tag, nowait))
+            obj = _new(_Basic_Cancel_T)
+            obj.consumer_tag = consumer_tag
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x003c001e, len(v_consumer_tag)), v_consumer_tag, _SP[1 if self.nowait else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
-            return b'\x00<\x00\x1e' + p0 + _S2.pack(1 if self.nowait else 0)
+            return b'\x00<\x00\x1e' + p0 + _S5.pack(1 if self.nowait else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Cancel, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            return cls(consumer_tag, nowait), offset
+            if cls is not _Basic_Cancel:
+                return _decode_as(cls, _Basic_Cancel, data, offset)
+            obj = _new(_Basic_Cancel_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CancelOk(Method):
         """``basic.cancel-ok`` (60, 31)."""
 
@@ -1448,19 +2285,46 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> Basic.CancelOk:
+            if cls is not _Basic_CancelOk:
+                return _build(cls, _Basic_CancelOk, (consumer_tag,))
+            obj = _new(_Basic_CancelOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x003c001f, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00<\x00\x1f' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.CancelOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _Basic_CancelOk:
+                return _decode_as(cls, _Basic_CancelOk, data, offset)
+            obj = _new(_Basic_CancelOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Publish(Method):
         """``basic.publish`` (60, 40), carries content."""
 
@@ -1480,34 +2344,64 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, exchange: str = '', routing_key: str = '', mandatory: bool = False, immediate: bool = False) -> Basic.Publish:
+            if cls is not _Basic_Publish:
+                return _build(cls, _Basic_Publish, (ticket, exchange, routing_key, mandatory, immediate))
+            obj = _new(_Basic_Publish_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.mandatory = mandatory
+            obj.immediate = immediate
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x003c0028, self.ticket, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key, _SP[(1 if self.mandatory else 0) | (2 if self.immediate else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x00(' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0))
+                return b'\x00<\x00(' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0))
             except _struct_error:
                 _check_int('basic.publish', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Publish, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            mandatory = bool(_b0 & 1)
-            immediate = bool(_b0 & 2)
-            return cls(ticket, exchange, routing_key, mandatory, immediate), offset
+            if cls is not _Basic_Publish:
+                return _decode_as(cls, _Basic_Publish, data, offset)
+            obj = _new(_Basic_Publish_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.routing_key = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.mandatory = (_b0 & 1) != 0
+                obj.immediate = (_b0 & 2) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Return(Method):
         """``basic.return`` (60, 50), carries content."""
 
@@ -1526,35 +2420,69 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 0, reply_text: str = '', exchange: str = "", routing_key: str = "") -> Basic.Return:
+            if cls is not _Basic_Return:
+                return _build(cls, _Basic_Return, (reply_code, reply_text, exchange, routing_key))
+            obj = _new(_Basic_Return_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_reply_text = _str_encode(self.reply_text)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x003c0032, self.reply_code, len(v_reply_text)), v_reply_text, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.reply_text)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x002' + _S3.pack(self.reply_code) + p1 + p2 + p3
+                return b'\x00<\x002' + _S8.pack(self.reply_code) + p1 + p2 + p3
             except _struct_error:
                 _check_int('basic.return', 'reply_code', self.reply_code, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Return, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(reply_code, reply_text, exchange, routing_key), offset
+            if cls is not _Basic_Return:
+                return _decode_as(cls, _Basic_Return, data, offset)
+            obj = _new(_Basic_Return_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Deliver(Method):
         """``basic.deliver`` (60, 60), carries content."""
 
@@ -1574,36 +2502,71 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", delivery_tag: int = 0, redelivered: bool = False, exchange: str = "", routing_key: str = "") -> Basic.Deliver:
+            if cls is not _Basic_Deliver:
+                return _build(cls, _Basic_Deliver, (consumer_tag, delivery_tag, redelivered, exchange, routing_key))
+            obj = _new(_Basic_Deliver_T)
+            obj.consumer_tag = consumer_tag
+            obj.delivery_tag = delivery_tag
+            obj.redelivered = redelivered
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S4.pack(0x003c003c, len(v_consumer_tag)), v_consumer_tag, _S13.pack(self.delivery_tag, 1 if self.redelivered else 0, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p0 = _enc_shortstr(self.consumer_tag)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x00<' + p0 + _S8.pack(self.delivery_tag, 1 if self.redelivered else 0) + p2 + p3
+                return b'\x00<\x00<' + p0 + _S14.pack(self.delivery_tag, 1 if self.redelivered else 0) + p2 + p3
             except _struct_error:
                 _check_int('basic.deliver', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Deliver, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            redelivered = bool(_b1 & 1)
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag, delivery_tag, redelivered, exchange, routing_key), offset
+            if cls is not _Basic_Deliver:
+                return _decode_as(cls, _Basic_Deliver, data, offset)
+            obj = _new(_Basic_Deliver_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, end)
+                end += 9
+                obj.redelivered = (_b1 & 1) != 0
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Get(Method):
         """``basic.get`` (60, 70), synchronous."""
 
@@ -1621,28 +2584,55 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', no_ack: bool = False) -> Basic.Get:
+            if cls is not _Basic_Get:
+                return _build(cls, _Basic_Get, (ticket, queue, no_ack))
+            obj = _new(_Basic_Get_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.no_ack = no_ack
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_queue = _str_encode(self.queue)
+                return _join((_S6.pack(0x003c0046, self.ticket, len(v_queue)), v_queue, _SP[1 if self.no_ack else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p1 = _enc_shortstr(self.queue)
-                return b'\x00<\x00F' + _S3.pack(self.ticket) + p1 + _S2.pack(1 if self.no_ack else 0)
+                return b'\x00<\x00F' + _S8.pack(self.ticket) + p1 + _S5.pack(1 if self.no_ack else 0)
             except _struct_error:
                 _check_int('basic.get', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Get, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            no_ack = bool(_b0 & 1)
-            return cls(ticket, queue, no_ack), offset
+            if cls is not _Basic_Get:
+                return _decode_as(cls, _Basic_Get, data, offset)
+            obj = _new(_Basic_Get_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.no_ack = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class GetOk(Method):
         """``basic.get-ok`` (60, 71), carries content."""
 
@@ -1662,11 +2652,32 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, redelivered: bool = False, exchange: str = "", routing_key: str = "", message_count: int = 0) -> Basic.GetOk:
+            if cls is not _Basic_GetOk:
+                return _build(cls, _Basic_GetOk, (delivery_tag, redelivered, exchange, routing_key, message_count))
+            obj = _new(_Basic_GetOk_T)
+            obj.delivery_tag = delivery_tag
+            obj.redelivered = redelivered
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.message_count = message_count
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S15.pack(0x003c0047, self.delivery_tag, 1 if self.redelivered else 0, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key, _S11.pack(self.message_count)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.routing_key)
-                return b'\x00<\x00G' + _S8.pack(self.delivery_tag, 1 if self.redelivered else 0) + p1 + p2 + _S6.pack(self.message_count)
+                return b'\x00<\x00G' + _S14.pack(self.delivery_tag, 1 if self.redelivered else 0) + p1 + p2 + _S11.pack(self.message_count)
             except _struct_error:
                 _check_int('basic.get-ok', 'delivery_tag', self.delivery_tag, 64)
                 _check_int('basic.get-ok', 'message_count', self.message_count, 32)
@@ -1674,22 +2685,31 @@ class Basic:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.GetOk, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            redelivered = bool(_b1 & 1)
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            message_count, = _S6.unpack_from(data, offset)
-            offset += _S6.size
-            return cls(delivery_tag, redelivered, exchange, routing_key, message_count), offset
+            if cls is not _Basic_GetOk:
+                return _decode_as(cls, _Basic_GetOk, data, offset)
+            obj = _new(_Basic_GetOk_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.redelivered = (_b1 & 1) != 0
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.routing_key = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (obj.message_count,) = _S11.unpack_from(data, offset)
+                offset += 4
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class GetEmpty(Method):
         """``basic.get-empty`` (60, 72)."""
 
@@ -1705,19 +2725,46 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, cluster_id: str = '') -> Basic.GetEmpty:
+            if cls is not _Basic_GetEmpty:
+                return _build(cls, _Basic_GetEmpty, (cluster_id,))
+            obj = _new(_Basic_GetEmpty_T)
+            obj.cluster_id = cluster_id
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_cluster_id = _str_encode(self.cluster_id)
+                return _join((_S4.pack(0x003c0048, len(v_cluster_id)), v_cluster_id))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.cluster_id)
             return b'\x00<\x00H' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.GetEmpty, int]:
-            length = data[offset]
-            offset += 1
-            cluster_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(cluster_id), offset
+            if cls is not _Basic_GetEmpty:
+                return _decode_as(cls, _Basic_GetEmpty, data, offset)
+            obj = _new(_Basic_GetEmpty_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.cluster_id = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.cluster_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Ack(Method):
         """``basic.ack`` (60, 80)."""
 
@@ -1734,21 +2781,44 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, multiple: bool = False) -> Basic.Ack:
+            if cls is not _Basic_Ack:
+                return _build(cls, _Basic_Ack, (delivery_tag, multiple))
+            obj = _new(_Basic_Ack_T)
+            obj.delivery_tag = delivery_tag
+            obj.multiple = multiple
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00<\x00P' + _S8.pack(self.delivery_tag, 1 if self.multiple else 0)
+                return _S16.pack(0x003c0050, self.delivery_tag, 1 if self.multiple else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00<\x00P' + _S14.pack(self.delivery_tag, 1 if self.multiple else 0)
             except _struct_error:
                 _check_int('basic.ack', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Ack, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            multiple = bool(_b1 & 1)
-            return cls(delivery_tag, multiple), offset
+            if cls is not _Basic_Ack:
+                return _decode_as(cls, _Basic_Ack, data, offset)
+            obj = _new(_Basic_Ack_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.multiple = (_b1 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Reject(Method):
         """``basic.reject`` (60, 90)."""
 
@@ -1765,21 +2835,44 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, requeue: bool = True) -> Basic.Reject:
+            if cls is not _Basic_Reject:
+                return _build(cls, _Basic_Reject, (delivery_tag, requeue))
+            obj = _new(_Basic_Reject_T)
+            obj.delivery_tag = delivery_tag
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00<\x00Z' + _S8.pack(self.delivery_tag, 1 if self.requeue else 0)
+                return _S16.pack(0x003c005a, self.delivery_tag, 1 if self.requeue else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00<\x00Z' + _S14.pack(self.delivery_tag, 1 if self.requeue else 0)
             except _struct_error:
                 _check_int('basic.reject', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Reject, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            requeue = bool(_b1 & 1)
-            return cls(delivery_tag, requeue), offset
+            if cls is not _Basic_Reject:
+                return _decode_as(cls, _Basic_Reject, data, offset)
+            obj = _new(_Basic_Reject_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.requeue = (_b1 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RecoverAsync(Method):
         """``basic.recover-async`` (60, 100)."""
 
@@ -1795,17 +2888,32 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, requeue: bool = False) -> Basic.RecoverAsync:
+            if cls is not _Basic_RecoverAsync:
+                return _build(cls, _Basic_RecoverAsync, (requeue,))
+            obj = _new(_Basic_RecoverAsync_T)
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00<\x00d' + _S2.pack(1 if self.requeue else 0)
+            return _S4.pack(0x003c0064, 1 if self.requeue else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.RecoverAsync, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            requeue = bool(_b0 & 1)
-            return cls(requeue), offset
+            if cls is not _Basic_RecoverAsync:
+                return _decode_as(cls, _Basic_RecoverAsync, data, offset)
+            obj = _new(_Basic_RecoverAsync_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.requeue = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Recover(Method):
         """``basic.recover`` (60, 110), synchronous."""
 
@@ -1821,17 +2929,32 @@ class Basic:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, requeue: bool = False) -> Basic.Recover:
+            if cls is not _Basic_Recover:
+                return _build(cls, _Basic_Recover, (requeue,))
+            obj = _new(_Basic_Recover_T)
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00<\x00n' + _S2.pack(1 if self.requeue else 0)
+            return _S4.pack(0x003c006e, 1 if self.requeue else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Basic.Recover, int]:
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            requeue = bool(_b0 & 1)
-            return cls(requeue), offset
+            if cls is not _Basic_Recover:
+                return _decode_as(cls, _Basic_Recover, data, offset)
+            obj = _new(_Basic_Recover_T)
+            try:
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.requeue = (_b0 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RecoverOk(Method):
         """``basic.recover-ok`` (60, 111)."""
 
@@ -1853,7 +2976,7 @@ class Basic:
             return cls(), offset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class BasicProperties(Properties):
     """Content properties of the ``basic`` class; ``None`` means absent."""
 
@@ -1874,7 +2997,120 @@ class BasicProperties(Properties):
 
     CLASS_ID: ClassVar[int] = 60
 
+    def __new__(cls, content_type: str | None = None, content_encoding: str | None = None, headers: Mapping[str, Any] | None = None, delivery_mode: int | None = None, priority: int | None = None, correlation_id: str | None = None, reply_to: str | None = None, expiration: str | None = None, message_id: str | None = None, timestamp: datetime | None = None, type: str | None = None, user_id: str | None = None, app_id: str | None = None, cluster_id: str | None = None) -> BasicProperties:
+        if cls is not _BasicProperties:
+            return _build(cls, _BasicProperties, (content_type, content_encoding, headers, delivery_mode, priority, correlation_id, reply_to, expiration, message_id, timestamp, type, user_id, app_id, cluster_id))
+        obj = _new(_BasicProperties_T)
+        obj.content_type = content_type
+        obj.content_encoding = content_encoding
+        obj.headers = headers
+        obj.delivery_mode = delivery_mode
+        obj.priority = priority
+        obj.correlation_id = correlation_id
+        obj.reply_to = reply_to
+        obj.expiration = expiration
+        obj.message_id = message_id
+        obj.timestamp = timestamp
+        obj.type = type
+        obj.user_id = user_id
+        obj.app_id = app_id
+        obj.cluster_id = cluster_id
+        obj.__class__ = cls
+        return obj
+
     def encode(self) -> bytes:
+        try:
+            flags = 0
+            parts = [b'']
+            add = parts.append
+            v: Any
+            v = self.content_type
+            if v is not None:
+                flags |= 0x8000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.content_encoding
+            if v is not None:
+                flags |= 0x4000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.headers
+            if v is not None:
+                flags |= 0x2000
+                add(_table_bytes(v, 1) if type(v) is dict else _enc_table(v))
+            v = self.delivery_mode
+            if v is not None:
+                flags |= 0x1000
+                add(_SP[v if v >= 0 else 256])
+            v = self.priority
+            if v is not None:
+                flags |= 0x0800
+                add(_SP[v if v >= 0 else 256])
+            v = self.correlation_id
+            if v is not None:
+                flags |= 0x0400
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.reply_to
+            if v is not None:
+                flags |= 0x0200
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.expiration
+            if v is not None:
+                flags |= 0x0100
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.message_id
+            if v is not None:
+                flags |= 0x0080
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.timestamp
+            if v is not None:
+                flags |= 0x0040
+                if type(v) is datetime and v.tzinfo is _UTC:
+                    delta = v - _EPOCH
+                    add(_S17.pack(delta.days * 86400 + delta.seconds))
+                else:
+                    add(_enc_timestamp(v))
+            v = self.type
+            if v is not None:
+                flags |= 0x0020
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.user_id
+            if v is not None:
+                flags |= 0x0010
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.app_id
+            if v is not None:
+                flags |= 0x0008
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.cluster_id
+            if v is not None:
+                flags |= 0x0004
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            parts[0] = _S8.pack(flags)
+            return _join(parts)
+        except (TypeError, IndexError, ValueError, _struct_error):
+            return self._encode_checked()
+
+    def _encode_checked(self) -> bytes:
+        """`encode` that says which property is wrong, and encodes strings that are not strict UTF-8."""
         flags = 0
         parts: list[bytes] = [b'']
         content_type = self.content_type
@@ -1893,7 +3129,7 @@ class BasicProperties(Properties):
         if delivery_mode is not None:
             flags |= 0x1000
             try:
-                parts.append(_S2.pack(delivery_mode))
+                parts.append(_S5.pack(delivery_mode))
             except _struct_error:
                 _check_int('BasicProperties', 'delivery_mode', delivery_mode, 8)
                 raise
@@ -1901,7 +3137,7 @@ class BasicProperties(Properties):
         if priority is not None:
             flags |= 0x0800
             try:
-                parts.append(_S2.pack(priority))
+                parts.append(_S5.pack(priority))
             except _struct_error:
                 _check_int('BasicProperties', 'priority', priority, 8)
                 raise
@@ -1941,90 +3177,141 @@ class BasicProperties(Properties):
         if cluster_id is not None:
             flags |= 0x0004
             parts.append(_enc_shortstr(cluster_id))
-        parts[0] = _S3.pack(flags)
+        parts[0] = _S8.pack(flags)
         return b''.join(parts)
 
     @classmethod
     def decode(cls, data: bytes, offset: int) -> tuple[BasicProperties, int]:
-        (flags,) = _S3.unpack_from(data, offset)
-        offset += 2
-        if flags & 0x0003:
-            _bad_flags(flags)
-        content_type = None
-        content_encoding = None
-        headers = None
-        delivery_mode = None
-        priority = None
-        correlation_id = None
-        reply_to = None
-        expiration = None
-        message_id = None
-        timestamp = None
-        type = None
-        user_id = None
-        app_id = None
-        cluster_id = None
-        if flags & 0x8000:
-            length = data[offset]
-            offset += 1
-            content_type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x4000:
-            length = data[offset]
-            offset += 1
-            content_encoding = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x2000:
-            headers, offset = _dec_table(data, offset)
-        if flags & 0x1000:
-            (delivery_mode,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        if flags & 0x0800:
-            (priority,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        if flags & 0x0400:
-            length = data[offset]
-            offset += 1
-            correlation_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0200:
-            length = data[offset]
-            offset += 1
-            reply_to = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0100:
-            length = data[offset]
-            offset += 1
-            expiration = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0080:
-            length = data[offset]
-            offset += 1
-            message_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0040:
-            timestamp, offset = _dec_timestamp(data, offset)
-        if flags & 0x0020:
-            length = data[offset]
-            offset += 1
-            type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0010:
-            length = data[offset]
-            offset += 1
-            user_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0008:
-            length = data[offset]
-            offset += 1
-            app_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0004:
-            length = data[offset]
-            offset += 1
-            cluster_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        return cls(content_type, content_encoding, headers, delivery_mode, priority, correlation_id, reply_to, expiration, message_id, timestamp, type, user_id, app_id, cluster_id), offset
+        if cls is not _BasicProperties:
+            return _decode_as(cls, _BasicProperties, data, offset)
+        obj = _new(_BasicProperties_T)
+        try:
+            flags = data[offset] << 8 | data[offset + 1]
+            offset += 2
+            if flags & 0x0003:
+                _bad_flags(flags)
+            if flags & 0x8000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_type = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_type = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_type = None
+            if flags & 0x4000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_encoding = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_encoding = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_encoding = None
+            if flags & 0x2000:
+                obj.headers, offset = _decode_table(data, offset, len(data), 1)
+            else:
+                obj.headers = None
+            if flags & 0x1000:
+                obj.delivery_mode = data[offset]
+                offset += 1
+            else:
+                obj.delivery_mode = None
+            if flags & 0x0800:
+                obj.priority = data[offset]
+                offset += 1
+            else:
+                obj.priority = None
+            if flags & 0x0400:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.correlation_id = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.correlation_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.correlation_id = None
+            if flags & 0x0200:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_to = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_to = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.reply_to = None
+            if flags & 0x0100:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.expiration = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.expiration = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.expiration = None
+            if flags & 0x0080:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.message_id = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.message_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.message_id = None
+            if flags & 0x0040:
+                (seconds,) = _S17.unpack_from(data, offset)
+                offset += 8
+                try:
+                    obj.timestamp = _fromtimestamp(seconds, _UTC)
+                except (OverflowError, ValueError, OSError):
+                    raise _WireError(f"timestamp {seconds} is out of range") from None
+            else:
+                obj.timestamp = None
+            if flags & 0x003c:
+                if flags & 0x0020:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.type = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.type = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.type = None
+                if flags & 0x0010:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.user_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.user_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.user_id = None
+                if flags & 0x0008:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.app_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.app_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.app_id = None
+                if flags & 0x0004:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.cluster_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.cluster_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.cluster_id = None
+            else:
+                obj.type = obj.user_id = obj.app_id = obj.cluster_id = None
+        except (_struct_error, IndexError, RecursionError) as exc:
+            raise _decode_failure(exc, 'content properties') from None
+        if offset > len(data):
+            raise _WireError('truncated content properties')
+        obj.__class__ = cls
+        return obj, offset
 
 
 class File:
@@ -2032,7 +3319,7 @@ class File:
 
     CLASS_ID = 70
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Qos(Method):
         """``file.qos`` (70, 10), synchronous."""
 
@@ -2050,9 +3337,26 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, prefetch_size: int = 0, prefetch_count: int = 0, global_: bool = False) -> File.Qos:
+            if cls is not _File_Qos:
+                return _build(cls, _File_Qos, (prefetch_size, prefetch_count, global_))
+            obj = _new(_File_Qos_T)
+            obj.prefetch_size = prefetch_size
+            obj.prefetch_count = prefetch_count
+            obj.global_ = global_
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00F\x00\n' + _S7.pack(self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
+                return _S12.pack(0x0046000a, self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00F\x00\n' + _S6.pack(self.prefetch_size, self.prefetch_count, 1 if self.global_ else 0)
             except _struct_error:
                 _check_int('file.qos', 'prefetch_size', self.prefetch_size, 32)
                 _check_int('file.qos', 'prefetch_count', self.prefetch_count, 16)
@@ -2060,12 +3364,19 @@ class File:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Qos, int]:
-            prefetch_size, prefetch_count, _b2 = _S7.unpack_from(data, offset)
-            offset += _S7.size
-            global_ = bool(_b2 & 1)
-            return cls(prefetch_size, prefetch_count, global_), offset
+            if cls is not _File_Qos:
+                return _decode_as(cls, _File_Qos, data, offset)
+            obj = _new(_File_Qos_T)
+            try:
+                obj.prefetch_size, obj.prefetch_count, _b2 = _S6.unpack_from(data, offset)
+                offset += 7
+                obj.global_ = (_b2 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class QosOk(Method):
         """``file.qos-ok`` (70, 11)."""
 
@@ -2086,7 +3397,7 @@ class File:
         def decode(cls, data: bytes, offset: int) -> tuple[File.QosOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Consume(Method):
         """``file.consume`` (70, 20), synchronous."""
 
@@ -2108,36 +3419,68 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', consumer_tag: str = '', no_local: bool = False, no_ack: bool = False, exclusive: bool = False, nowait: bool = False) -> File.Consume:
+            if cls is not _File_Consume:
+                return _build(cls, _File_Consume, (ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait))
+            obj = _new(_File_Consume_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.consumer_tag = consumer_tag
+            obj.no_local = no_local
+            obj.no_ack = no_ack
+            obj.exclusive = exclusive
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S6.pack(0x00460014, self.ticket, len(v_queue)), v_queue, _SP[len(v_consumer_tag)], v_consumer_tag, _SP[(1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.consumer_tag)
-                return b'\x00F\x00\x14' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0))
+                return b'\x00F\x00\x14' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.no_local else 0) | (2 if self.no_ack else 0) | (4 if self.exclusive else 0) | (8 if self.nowait else 0))
             except _struct_error:
                 _check_int('file.consume', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Consume, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            no_local = bool(_b0 & 1)
-            no_ack = bool(_b0 & 2)
-            exclusive = bool(_b0 & 4)
-            nowait = bool(_b0 & 8)
-            return cls(ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait), offset
+            if cls is not _File_Consume:
+                return _decode_as(cls, _File_Consume, data, offset)
+            obj = _new(_File_Consume_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.consumer_tag = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.no_local = (_b0 & 1) != 0
+                obj.no_ack = (_b0 & 2) != 0
+                obj.exclusive = (_b0 & 4) != 0
+                obj.nowait = (_b0 & 8) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class ConsumeOk(Method):
         """``file.consume-ok`` (70, 21)."""
 
@@ -2153,19 +3496,46 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> File.ConsumeOk:
+            if cls is not _File_ConsumeOk:
+                return _build(cls, _File_ConsumeOk, (consumer_tag,))
+            obj = _new(_File_ConsumeOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x00460015, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00F\x00\x15' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.ConsumeOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _File_ConsumeOk:
+                return _decode_as(cls, _File_ConsumeOk, data, offset)
+            obj = _new(_File_ConsumeOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Cancel(Method):
         """``file.cancel`` (70, 30), synchronous."""
 
@@ -2182,22 +3552,48 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", nowait: bool = False) -> File.Cancel:
+            if cls is not _File_Cancel:
+                return _build(cls, _File_Cancel, (consumer_tag, nowait))
+            obj = _new(_File_Cancel_T)
+            obj.consumer_tag = consumer_tag
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x0046001e, len(v_consumer_tag)), v_consumer_tag, _SP[1 if self.nowait else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
-            return b'\x00F\x00\x1e' + p0 + _S2.pack(1 if self.nowait else 0)
+            return b'\x00F\x00\x1e' + p0 + _S5.pack(1 if self.nowait else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Cancel, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            return cls(consumer_tag, nowait), offset
+            if cls is not _File_Cancel:
+                return _decode_as(cls, _File_Cancel, data, offset)
+            obj = _new(_File_Cancel_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CancelOk(Method):
         """``file.cancel-ok`` (70, 31)."""
 
@@ -2213,19 +3609,46 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> File.CancelOk:
+            if cls is not _File_CancelOk:
+                return _build(cls, _File_CancelOk, (consumer_tag,))
+            obj = _new(_File_CancelOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x0046001f, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00F\x00\x1f' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.CancelOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _File_CancelOk:
+                return _decode_as(cls, _File_CancelOk, data, offset)
+            obj = _new(_File_CancelOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Open(Method):
         """``file.open`` (70, 40), synchronous."""
 
@@ -2242,25 +3665,51 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, identifier: str = "", content_size: int = 0) -> File.Open:
+            if cls is not _File_Open:
+                return _build(cls, _File_Open, (identifier, content_size))
+            obj = _new(_File_Open_T)
+            obj.identifier = identifier
+            obj.content_size = content_size
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_identifier = _str_encode(self.identifier)
+                return _join((_S4.pack(0x00460028, len(v_identifier)), v_identifier, _S17.pack(self.content_size)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p0 = _enc_shortstr(self.identifier)
-                return b'\x00F\x00(' + p0 + _S9.pack(self.content_size)
+                return b'\x00F\x00(' + p0 + _S17.pack(self.content_size)
             except _struct_error:
                 _check_int('file.open', 'content_size', self.content_size, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Open, int]:
-            length = data[offset]
-            offset += 1
-            identifier = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            content_size, = _S9.unpack_from(data, offset)
-            offset += _S9.size
-            return cls(identifier, content_size), offset
+            if cls is not _File_Open:
+                return _decode_as(cls, _File_Open, data, offset)
+            obj = _new(_File_Open_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.identifier = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.identifier = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (obj.content_size,) = _S17.unpack_from(data, end)
+                end += 8
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class OpenOk(Method):
         """``file.open-ok`` (70, 41)."""
 
@@ -2276,20 +3725,42 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, staged_size: int = 0) -> File.OpenOk:
+            if cls is not _File_OpenOk:
+                return _build(cls, _File_OpenOk, (staged_size,))
+            obj = _new(_File_OpenOk_T)
+            obj.staged_size = staged_size
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00F\x00)' + _S9.pack(self.staged_size)
+                return _S18.pack(0x00460029, self.staged_size)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00F\x00)' + _S17.pack(self.staged_size)
             except _struct_error:
                 _check_int('file.open-ok', 'staged_size', self.staged_size, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.OpenOk, int]:
-            staged_size, = _S9.unpack_from(data, offset)
-            offset += _S9.size
-            return cls(staged_size), offset
+            if cls is not _File_OpenOk:
+                return _decode_as(cls, _File_OpenOk, data, offset)
+            obj = _new(_File_OpenOk_T)
+            try:
+                (obj.staged_size,) = _S17.unpack_from(data, offset)
+                offset += 8
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Stage(Method):
         """``file.stage`` (70, 50), carries content."""
 
@@ -2310,7 +3781,7 @@ class File:
         def decode(cls, data: bytes, offset: int) -> tuple[File.Stage, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Publish(Method):
         """``file.publish`` (70, 60)."""
 
@@ -2331,39 +3802,75 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, exchange: str = '', routing_key: str = '', mandatory: bool = False, immediate: bool = False, identifier: str = "") -> File.Publish:
+            if cls is not _File_Publish:
+                return _build(cls, _File_Publish, (ticket, exchange, routing_key, mandatory, immediate, identifier))
+            obj = _new(_File_Publish_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.mandatory = mandatory
+            obj.immediate = immediate
+            obj.identifier = identifier
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                v_identifier = _str_encode(self.identifier)
+                return _join((_S6.pack(0x0046003c, self.ticket, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key, _S1.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0), len(v_identifier)), v_identifier))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.routing_key)
                 p4 = _enc_shortstr(self.identifier)
-                return b'\x00F\x00<' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0)) + p4
+                return b'\x00F\x00<' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0)) + p4
             except _struct_error:
                 _check_int('file.publish', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Publish, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            mandatory = bool(_b0 & 1)
-            immediate = bool(_b0 & 2)
-            length = data[offset]
-            offset += 1
-            identifier = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(ticket, exchange, routing_key, mandatory, immediate, identifier), offset
+            if cls is not _File_Publish:
+                return _decode_as(cls, _File_Publish, data, offset)
+            obj = _new(_File_Publish_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.routing_key = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.mandatory = (_b0 & 1) != 0
+                obj.immediate = (_b0 & 2) != 0
+                end = offset + 1 + data[offset]
+                try:
+                    obj.identifier = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.identifier = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Return(Method):
         """``file.return`` (70, 70), carries content."""
 
@@ -2382,35 +3889,69 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 200, reply_text: str = '', exchange: str = "", routing_key: str = "") -> File.Return:
+            if cls is not _File_Return:
+                return _build(cls, _File_Return, (reply_code, reply_text, exchange, routing_key))
+            obj = _new(_File_Return_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_reply_text = _str_encode(self.reply_text)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00460046, self.reply_code, len(v_reply_text)), v_reply_text, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.reply_text)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00F\x00F' + _S3.pack(self.reply_code) + p1 + p2 + p3
+                return b'\x00F\x00F' + _S8.pack(self.reply_code) + p1 + p2 + p3
             except _struct_error:
                 _check_int('file.return', 'reply_code', self.reply_code, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Return, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(reply_code, reply_text, exchange, routing_key), offset
+            if cls is not _File_Return:
+                return _decode_as(cls, _File_Return, data, offset)
+            obj = _new(_File_Return_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Deliver(Method):
         """``file.deliver`` (70, 80)."""
 
@@ -2431,41 +3972,78 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", delivery_tag: int = 0, redelivered: bool = False, exchange: str = "", routing_key: str = "", identifier: str = "") -> File.Deliver:
+            if cls is not _File_Deliver:
+                return _build(cls, _File_Deliver, (consumer_tag, delivery_tag, redelivered, exchange, routing_key, identifier))
+            obj = _new(_File_Deliver_T)
+            obj.consumer_tag = consumer_tag
+            obj.delivery_tag = delivery_tag
+            obj.redelivered = redelivered
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.identifier = identifier
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                v_identifier = _str_encode(self.identifier)
+                return _join((_S4.pack(0x00460050, len(v_consumer_tag)), v_consumer_tag, _S13.pack(self.delivery_tag, 1 if self.redelivered else 0, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key, _SP[len(v_identifier)], v_identifier))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p0 = _enc_shortstr(self.consumer_tag)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
                 p4 = _enc_shortstr(self.identifier)
-                return b'\x00F\x00P' + p0 + _S8.pack(self.delivery_tag, 1 if self.redelivered else 0) + p2 + p3 + p4
+                return b'\x00F\x00P' + p0 + _S14.pack(self.delivery_tag, 1 if self.redelivered else 0) + p2 + p3 + p4
             except _struct_error:
                 _check_int('file.deliver', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Deliver, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            redelivered = bool(_b1 & 1)
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            identifier = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag, delivery_tag, redelivered, exchange, routing_key, identifier), offset
+            if cls is not _File_Deliver:
+                return _decode_as(cls, _File_Deliver, data, offset)
+            obj = _new(_File_Deliver_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, end)
+                end += 9
+                obj.redelivered = (_b1 & 1) != 0
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.identifier = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.identifier = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Ack(Method):
         """``file.ack`` (70, 90)."""
 
@@ -2482,21 +4060,44 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, multiple: bool = False) -> File.Ack:
+            if cls is not _File_Ack:
+                return _build(cls, _File_Ack, (delivery_tag, multiple))
+            obj = _new(_File_Ack_T)
+            obj.delivery_tag = delivery_tag
+            obj.multiple = multiple
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00F\x00Z' + _S8.pack(self.delivery_tag, 1 if self.multiple else 0)
+                return _S16.pack(0x0046005a, self.delivery_tag, 1 if self.multiple else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00F\x00Z' + _S14.pack(self.delivery_tag, 1 if self.multiple else 0)
             except _struct_error:
                 _check_int('file.ack', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Ack, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            multiple = bool(_b1 & 1)
-            return cls(delivery_tag, multiple), offset
+            if cls is not _File_Ack:
+                return _decode_as(cls, _File_Ack, data, offset)
+            obj = _new(_File_Ack_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.multiple = (_b1 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Reject(Method):
         """``file.reject`` (70, 100)."""
 
@@ -2513,22 +4114,45 @@ class File:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, delivery_tag: int = 0, requeue: bool = True) -> File.Reject:
+            if cls is not _File_Reject:
+                return _build(cls, _File_Reject, (delivery_tag, requeue))
+            obj = _new(_File_Reject_T)
+            obj.delivery_tag = delivery_tag
+            obj.requeue = requeue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00F\x00d' + _S8.pack(self.delivery_tag, 1 if self.requeue else 0)
+                return _S16.pack(0x00460064, self.delivery_tag, 1 if self.requeue else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00F\x00d' + _S14.pack(self.delivery_tag, 1 if self.requeue else 0)
             except _struct_error:
                 _check_int('file.reject', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[File.Reject, int]:
-            delivery_tag, _b1 = _S8.unpack_from(data, offset)
-            offset += _S8.size
-            requeue = bool(_b1 & 1)
-            return cls(delivery_tag, requeue), offset
+            if cls is not _File_Reject:
+                return _decode_as(cls, _File_Reject, data, offset)
+            obj = _new(_File_Reject_T)
+            try:
+                obj.delivery_tag, _b1 = _S14.unpack_from(data, offset)
+                offset += 9
+                obj.requeue = (_b1 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class FileProperties(Properties):
     """Content properties of the ``file`` class; ``None`` means absent."""
 
@@ -2544,7 +4168,87 @@ class FileProperties(Properties):
 
     CLASS_ID: ClassVar[int] = 70
 
+    def __new__(cls, content_type: str | None = None, content_encoding: str | None = None, headers: Mapping[str, Any] | None = None, priority: int | None = None, reply_to: str | None = None, message_id: str | None = None, filename: str | None = None, timestamp: datetime | None = None, cluster_id: str | None = None) -> FileProperties:
+        if cls is not _FileProperties:
+            return _build(cls, _FileProperties, (content_type, content_encoding, headers, priority, reply_to, message_id, filename, timestamp, cluster_id))
+        obj = _new(_FileProperties_T)
+        obj.content_type = content_type
+        obj.content_encoding = content_encoding
+        obj.headers = headers
+        obj.priority = priority
+        obj.reply_to = reply_to
+        obj.message_id = message_id
+        obj.filename = filename
+        obj.timestamp = timestamp
+        obj.cluster_id = cluster_id
+        obj.__class__ = cls
+        return obj
+
     def encode(self) -> bytes:
+        try:
+            flags = 0
+            parts = [b'']
+            add = parts.append
+            v: Any
+            v = self.content_type
+            if v is not None:
+                flags |= 0x8000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.content_encoding
+            if v is not None:
+                flags |= 0x4000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.headers
+            if v is not None:
+                flags |= 0x2000
+                add(_table_bytes(v, 1) if type(v) is dict else _enc_table(v))
+            v = self.priority
+            if v is not None:
+                flags |= 0x1000
+                add(_SP[v if v >= 0 else 256])
+            v = self.reply_to
+            if v is not None:
+                flags |= 0x0800
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.message_id
+            if v is not None:
+                flags |= 0x0400
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.filename
+            if v is not None:
+                flags |= 0x0200
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.timestamp
+            if v is not None:
+                flags |= 0x0100
+                if type(v) is datetime and v.tzinfo is _UTC:
+                    delta = v - _EPOCH
+                    add(_S17.pack(delta.days * 86400 + delta.seconds))
+                else:
+                    add(_enc_timestamp(v))
+            v = self.cluster_id
+            if v is not None:
+                flags |= 0x0080
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            parts[0] = _S8.pack(flags)
+            return _join(parts)
+        except (TypeError, IndexError, ValueError, _struct_error):
+            return self._encode_checked()
+
+    def _encode_checked(self) -> bytes:
+        """`encode` that says which property is wrong, and encodes strings that are not strict UTF-8."""
         flags = 0
         parts: list[bytes] = [b'']
         content_type = self.content_type
@@ -2563,7 +4267,7 @@ class FileProperties(Properties):
         if priority is not None:
             flags |= 0x1000
             try:
-                parts.append(_S2.pack(priority))
+                parts.append(_S5.pack(priority))
             except _struct_error:
                 _check_int('FileProperties', 'priority', priority, 8)
                 raise
@@ -2587,62 +4291,100 @@ class FileProperties(Properties):
         if cluster_id is not None:
             flags |= 0x0080
             parts.append(_enc_shortstr(cluster_id))
-        parts[0] = _S3.pack(flags)
+        parts[0] = _S8.pack(flags)
         return b''.join(parts)
 
     @classmethod
     def decode(cls, data: bytes, offset: int) -> tuple[FileProperties, int]:
-        (flags,) = _S3.unpack_from(data, offset)
-        offset += 2
-        if flags & 0x007f:
-            _bad_flags(flags)
-        content_type = None
-        content_encoding = None
-        headers = None
-        priority = None
-        reply_to = None
-        message_id = None
-        filename = None
-        timestamp = None
-        cluster_id = None
-        if flags & 0x8000:
-            length = data[offset]
-            offset += 1
-            content_type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x4000:
-            length = data[offset]
-            offset += 1
-            content_encoding = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x2000:
-            headers, offset = _dec_table(data, offset)
-        if flags & 0x1000:
-            (priority,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        if flags & 0x0800:
-            length = data[offset]
-            offset += 1
-            reply_to = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0400:
-            length = data[offset]
-            offset += 1
-            message_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0200:
-            length = data[offset]
-            offset += 1
-            filename = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x0100:
-            timestamp, offset = _dec_timestamp(data, offset)
-        if flags & 0x0080:
-            length = data[offset]
-            offset += 1
-            cluster_id = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        return cls(content_type, content_encoding, headers, priority, reply_to, message_id, filename, timestamp, cluster_id), offset
+        if cls is not _FileProperties:
+            return _decode_as(cls, _FileProperties, data, offset)
+        obj = _new(_FileProperties_T)
+        try:
+            flags = data[offset] << 8 | data[offset + 1]
+            offset += 2
+            if flags & 0x007f:
+                _bad_flags(flags)
+            if flags & 0x8000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_type = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_type = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_type = None
+            if flags & 0x4000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_encoding = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_encoding = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_encoding = None
+            if flags & 0x2000:
+                obj.headers, offset = _decode_table(data, offset, len(data), 1)
+            else:
+                obj.headers = None
+            if flags & 0x1000:
+                obj.priority = data[offset]
+                offset += 1
+            else:
+                obj.priority = None
+            if flags & 0x0800:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_to = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_to = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.reply_to = None
+            if flags & 0x0780:
+                if flags & 0x0400:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.message_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.message_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.message_id = None
+                if flags & 0x0200:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.filename = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.filename = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.filename = None
+                if flags & 0x0100:
+                    (seconds,) = _S17.unpack_from(data, offset)
+                    offset += 8
+                    try:
+                        obj.timestamp = _fromtimestamp(seconds, _UTC)
+                    except (OverflowError, ValueError, OSError):
+                        raise _WireError(f"timestamp {seconds} is out of range") from None
+                else:
+                    obj.timestamp = None
+                if flags & 0x0080:
+                    end = offset + 1 + data[offset]
+                    try:
+                        obj.cluster_id = data[offset + 1:end].decode()
+                    except UnicodeDecodeError:
+                        obj.cluster_id = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                    offset = end
+                else:
+                    obj.cluster_id = None
+            else:
+                obj.message_id = obj.filename = obj.timestamp = obj.cluster_id = None
+        except (_struct_error, IndexError, RecursionError) as exc:
+            raise _decode_failure(exc, 'content properties') from None
+        if offset > len(data):
+            raise _WireError('truncated content properties')
+        obj.__class__ = cls
+        return obj, offset
 
 
 class Stream:
@@ -2650,7 +4392,7 @@ class Stream:
 
     CLASS_ID = 80
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Qos(Method):
         """``stream.qos`` (80, 10), synchronous."""
 
@@ -2669,9 +4411,27 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, prefetch_size: int = 0, prefetch_count: int = 0, consume_rate: int = 0, global_: bool = False) -> Stream.Qos:
+            if cls is not _Stream_Qos:
+                return _build(cls, _Stream_Qos, (prefetch_size, prefetch_count, consume_rate, global_))
+            obj = _new(_Stream_Qos_T)
+            obj.prefetch_size = prefetch_size
+            obj.prefetch_count = prefetch_count
+            obj.consume_rate = consume_rate
+            obj.global_ = global_
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00P\x00\n' + _S10.pack(self.prefetch_size, self.prefetch_count, self.consume_rate, 1 if self.global_ else 0)
+                return _S19.pack(0x0050000a, self.prefetch_size, self.prefetch_count, self.consume_rate, 1 if self.global_ else 0)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00P\x00\n' + _S20.pack(self.prefetch_size, self.prefetch_count, self.consume_rate, 1 if self.global_ else 0)
             except _struct_error:
                 _check_int('stream.qos', 'prefetch_size', self.prefetch_size, 32)
                 _check_int('stream.qos', 'prefetch_count', self.prefetch_count, 16)
@@ -2680,12 +4440,19 @@ class Stream:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.Qos, int]:
-            prefetch_size, prefetch_count, consume_rate, _b3 = _S10.unpack_from(data, offset)
-            offset += _S10.size
-            global_ = bool(_b3 & 1)
-            return cls(prefetch_size, prefetch_count, consume_rate, global_), offset
+            if cls is not _Stream_Qos:
+                return _decode_as(cls, _Stream_Qos, data, offset)
+            obj = _new(_Stream_Qos_T)
+            try:
+                obj.prefetch_size, obj.prefetch_count, obj.consume_rate, _b3 = _S20.unpack_from(data, offset)
+                offset += 11
+                obj.global_ = (_b3 & 1) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class QosOk(Method):
         """``stream.qos-ok`` (80, 11)."""
 
@@ -2706,7 +4473,7 @@ class Stream:
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.QosOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Consume(Method):
         """``stream.consume`` (80, 20), synchronous."""
 
@@ -2727,35 +4494,66 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, queue: str = '', consumer_tag: str = '', no_local: bool = False, exclusive: bool = False, nowait: bool = False) -> Stream.Consume:
+            if cls is not _Stream_Consume:
+                return _build(cls, _Stream_Consume, (ticket, queue, consumer_tag, no_local, exclusive, nowait))
+            obj = _new(_Stream_Consume_T)
+            obj.ticket = ticket
+            obj.queue = queue
+            obj.consumer_tag = consumer_tag
+            obj.no_local = no_local
+            obj.exclusive = exclusive
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_queue = _str_encode(self.queue)
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S6.pack(0x00500014, self.ticket, len(v_queue)), v_queue, _SP[len(v_consumer_tag)], v_consumer_tag, _SP[(1 if self.no_local else 0) | (2 if self.exclusive else 0) | (4 if self.nowait else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.queue)
                 p2 = _enc_shortstr(self.consumer_tag)
-                return b'\x00P\x00\x14' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.no_local else 0) | (2 if self.exclusive else 0) | (4 if self.nowait else 0))
+                return b'\x00P\x00\x14' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.no_local else 0) | (2 if self.exclusive else 0) | (4 if self.nowait else 0))
             except _struct_error:
                 _check_int('stream.consume', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.Consume, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            no_local = bool(_b0 & 1)
-            exclusive = bool(_b0 & 2)
-            nowait = bool(_b0 & 4)
-            return cls(ticket, queue, consumer_tag, no_local, exclusive, nowait), offset
+            if cls is not _Stream_Consume:
+                return _decode_as(cls, _Stream_Consume, data, offset)
+            obj = _new(_Stream_Consume_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.consumer_tag = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.no_local = (_b0 & 1) != 0
+                obj.exclusive = (_b0 & 2) != 0
+                obj.nowait = (_b0 & 4) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class ConsumeOk(Method):
         """``stream.consume-ok`` (80, 21)."""
 
@@ -2771,19 +4569,46 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> Stream.ConsumeOk:
+            if cls is not _Stream_ConsumeOk:
+                return _build(cls, _Stream_ConsumeOk, (consumer_tag,))
+            obj = _new(_Stream_ConsumeOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x00500015, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00P\x00\x15' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.ConsumeOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _Stream_ConsumeOk:
+                return _decode_as(cls, _Stream_ConsumeOk, data, offset)
+            obj = _new(_Stream_ConsumeOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Cancel(Method):
         """``stream.cancel`` (80, 30), synchronous."""
 
@@ -2800,22 +4625,48 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", nowait: bool = False) -> Stream.Cancel:
+            if cls is not _Stream_Cancel:
+                return _build(cls, _Stream_Cancel, (consumer_tag, nowait))
+            obj = _new(_Stream_Cancel_T)
+            obj.consumer_tag = consumer_tag
+            obj.nowait = nowait
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x0050001e, len(v_consumer_tag)), v_consumer_tag, _SP[1 if self.nowait else 0]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
-            return b'\x00P\x00\x1e' + p0 + _S2.pack(1 if self.nowait else 0)
+            return b'\x00P\x00\x1e' + p0 + _S5.pack(1 if self.nowait else 0)
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.Cancel, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            nowait = bool(_b0 & 1)
-            return cls(consumer_tag, nowait), offset
+            if cls is not _Stream_Cancel:
+                return _decode_as(cls, _Stream_Cancel, data, offset)
+            obj = _new(_Stream_Cancel_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, end)
+                end += 1
+                obj.nowait = (_b0 & 1) != 0
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CancelOk(Method):
         """``stream.cancel-ok`` (80, 31)."""
 
@@ -2831,19 +4682,46 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "") -> Stream.CancelOk:
+            if cls is not _Stream_CancelOk:
+                return _build(cls, _Stream_CancelOk, (consumer_tag,))
+            obj = _new(_Stream_CancelOk_T)
+            obj.consumer_tag = consumer_tag
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                return _join((_S4.pack(0x0050001f, len(v_consumer_tag)), v_consumer_tag))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.consumer_tag)
             return b'\x00P\x00\x1f' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.CancelOk, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag), offset
+            if cls is not _Stream_CancelOk:
+                return _decode_as(cls, _Stream_CancelOk, data, offset)
+            obj = _new(_Stream_CancelOk_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Publish(Method):
         """``stream.publish`` (80, 40), carries content."""
 
@@ -2863,34 +4741,64 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, ticket: int = 1, exchange: str = '', routing_key: str = '', mandatory: bool = False, immediate: bool = False) -> Stream.Publish:
+            if cls is not _Stream_Publish:
+                return _build(cls, _Stream_Publish, (ticket, exchange, routing_key, mandatory, immediate))
+            obj = _new(_Stream_Publish_T)
+            obj.ticket = ticket
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.mandatory = mandatory
+            obj.immediate = immediate
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00500028, self.ticket, len(v_exchange)), v_exchange, _SP[len(v_routing_key)], v_routing_key, _SP[(1 if self.mandatory else 0) | (2 if self.immediate else 0)]))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.exchange)
                 p2 = _enc_shortstr(self.routing_key)
-                return b'\x00P\x00(' + _S3.pack(self.ticket) + p1 + p2 + _S2.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0))
+                return b'\x00P\x00(' + _S8.pack(self.ticket) + p1 + p2 + _S5.pack((1 if self.mandatory else 0) | (2 if self.immediate else 0))
             except _struct_error:
                 _check_int('stream.publish', 'ticket', self.ticket, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.Publish, int]:
-            ticket, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            _b0, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            mandatory = bool(_b0 & 1)
-            immediate = bool(_b0 & 2)
-            return cls(ticket, exchange, routing_key, mandatory, immediate), offset
+            if cls is not _Stream_Publish:
+                return _decode_as(cls, _Stream_Publish, data, offset)
+            obj = _new(_Stream_Publish_T)
+            try:
+                (obj.ticket,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.exchange = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.routing_key = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                (_b0,) = _S5.unpack_from(data, offset)
+                offset += 1
+                obj.mandatory = (_b0 & 1) != 0
+                obj.immediate = (_b0 & 2) != 0
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Return(Method):
         """``stream.return`` (80, 50), carries content."""
 
@@ -2909,35 +4817,69 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, reply_code: int = 200, reply_text: str = '', exchange: str = "", routing_key: str = "") -> Stream.Return:
+            if cls is not _Stream_Return:
+                return _build(cls, _Stream_Return, (reply_code, reply_text, exchange, routing_key))
+            obj = _new(_Stream_Return_T)
+            obj.reply_code = reply_code
+            obj.reply_text = reply_text
+            obj.exchange = exchange
+            obj.routing_key = routing_key
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_reply_text = _str_encode(self.reply_text)
+                v_exchange = _str_encode(self.exchange)
+                v_routing_key = _str_encode(self.routing_key)
+                return _join((_S6.pack(0x00500032, self.reply_code, len(v_reply_text)), v_reply_text, _SP[len(v_exchange)], v_exchange, _SP[len(v_routing_key)], v_routing_key))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p1 = _enc_shortstr(self.reply_text)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.routing_key)
-                return b'\x00P\x002' + _S3.pack(self.reply_code) + p1 + p2 + p3
+                return b'\x00P\x002' + _S8.pack(self.reply_code) + p1 + p2 + p3
             except _struct_error:
                 _check_int('stream.return', 'reply_code', self.reply_code, 16)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.Return, int]:
-            reply_code, = _S3.unpack_from(data, offset)
-            offset += _S3.size
-            length = data[offset]
-            offset += 1
-            reply_text = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            routing_key = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(reply_code, reply_text, exchange, routing_key), offset
+            if cls is not _Stream_Return:
+                return _decode_as(cls, _Stream_Return, data, offset)
+            obj = _new(_Stream_Return_T)
+            try:
+                (obj.reply_code,) = _S8.unpack_from(data, offset)
+                offset += 2
+                end = offset + 1 + data[offset]
+                try:
+                    obj.reply_text = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.reply_text = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.routing_key = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.routing_key = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Deliver(Method):
         """``stream.deliver`` (80, 60), carries content."""
 
@@ -2956,36 +4898,70 @@ class Stream:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, consumer_tag: str = "", delivery_tag: int = 0, exchange: str = "", queue: str = "") -> Stream.Deliver:
+            if cls is not _Stream_Deliver:
+                return _build(cls, _Stream_Deliver, (consumer_tag, delivery_tag, exchange, queue))
+            obj = _new(_Stream_Deliver_T)
+            obj.consumer_tag = consumer_tag
+            obj.delivery_tag = delivery_tag
+            obj.exchange = exchange
+            obj.queue = queue
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_consumer_tag = _str_encode(self.consumer_tag)
+                v_exchange = _str_encode(self.exchange)
+                v_queue = _str_encode(self.queue)
+                return _join((_S4.pack(0x0050003c, len(v_consumer_tag)), v_consumer_tag, _S14.pack(self.delivery_tag, len(v_exchange)), v_exchange, _SP[len(v_queue)], v_queue))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             try:
                 p0 = _enc_shortstr(self.consumer_tag)
                 p2 = _enc_shortstr(self.exchange)
                 p3 = _enc_shortstr(self.queue)
-                return b'\x00P\x00<' + p0 + _S9.pack(self.delivery_tag) + p2 + p3
+                return b'\x00P\x00<' + p0 + _S17.pack(self.delivery_tag) + p2 + p3
             except _struct_error:
                 _check_int('stream.deliver', 'delivery_tag', self.delivery_tag, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Stream.Deliver, int]:
-            length = data[offset]
-            offset += 1
-            consumer_tag = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            delivery_tag, = _S9.unpack_from(data, offset)
-            offset += _S9.size
-            length = data[offset]
-            offset += 1
-            exchange = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            length = data[offset]
-            offset += 1
-            queue = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(consumer_tag, delivery_tag, exchange, queue), offset
+            if cls is not _Stream_Deliver:
+                return _decode_as(cls, _Stream_Deliver, data, offset)
+            obj = _new(_Stream_Deliver_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.consumer_tag = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.consumer_tag = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                (obj.delivery_tag,) = _S17.unpack_from(data, end)
+                end += 8
+                offset = end + 1 + data[end]
+                try:
+                    obj.exchange = data[end + 1:offset].decode()
+                except UnicodeDecodeError:
+                    obj.exchange = data[end + 1:offset].decode('utf-8', 'surrogateescape')
+                end = offset + 1 + data[offset]
+                try:
+                    obj.queue = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.queue = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class StreamProperties(Properties):
     """Content properties of the ``stream`` class; ``None`` means absent."""
 
@@ -2997,7 +4973,59 @@ class StreamProperties(Properties):
 
     CLASS_ID: ClassVar[int] = 80
 
+    def __new__(cls, content_type: str | None = None, content_encoding: str | None = None, headers: Mapping[str, Any] | None = None, priority: int | None = None, timestamp: datetime | None = None) -> StreamProperties:
+        if cls is not _StreamProperties:
+            return _build(cls, _StreamProperties, (content_type, content_encoding, headers, priority, timestamp))
+        obj = _new(_StreamProperties_T)
+        obj.content_type = content_type
+        obj.content_encoding = content_encoding
+        obj.headers = headers
+        obj.priority = priority
+        obj.timestamp = timestamp
+        obj.__class__ = cls
+        return obj
+
     def encode(self) -> bytes:
+        try:
+            flags = 0
+            parts = [b'']
+            add = parts.append
+            v: Any
+            v = self.content_type
+            if v is not None:
+                flags |= 0x8000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.content_encoding
+            if v is not None:
+                flags |= 0x4000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.headers
+            if v is not None:
+                flags |= 0x2000
+                add(_table_bytes(v, 1) if type(v) is dict else _enc_table(v))
+            v = self.priority
+            if v is not None:
+                flags |= 0x1000
+                add(_SP[v if v >= 0 else 256])
+            v = self.timestamp
+            if v is not None:
+                flags |= 0x0800
+                if type(v) is datetime and v.tzinfo is _UTC:
+                    delta = v - _EPOCH
+                    add(_S17.pack(delta.days * 86400 + delta.seconds))
+                else:
+                    add(_enc_timestamp(v))
+            parts[0] = _S8.pack(flags)
+            return _join(parts)
+        except (TypeError, IndexError, ValueError, _struct_error):
+            return self._encode_checked()
+
+    def _encode_checked(self) -> bytes:
+        """`encode` that says which property is wrong, and encodes strings that are not strict UTF-8."""
         flags = 0
         parts: list[bytes] = [b'']
         content_type = self.content_type
@@ -3016,7 +5044,7 @@ class StreamProperties(Properties):
         if priority is not None:
             flags |= 0x1000
             try:
-                parts.append(_S2.pack(priority))
+                parts.append(_S5.pack(priority))
             except _struct_error:
                 _check_int('StreamProperties', 'priority', priority, 8)
                 raise
@@ -3024,38 +5052,61 @@ class StreamProperties(Properties):
         if timestamp is not None:
             flags |= 0x0800
             parts.append(_enc_timestamp(timestamp))
-        parts[0] = _S3.pack(flags)
+        parts[0] = _S8.pack(flags)
         return b''.join(parts)
 
     @classmethod
     def decode(cls, data: bytes, offset: int) -> tuple[StreamProperties, int]:
-        (flags,) = _S3.unpack_from(data, offset)
-        offset += 2
-        if flags & 0x07ff:
-            _bad_flags(flags)
-        content_type = None
-        content_encoding = None
-        headers = None
-        priority = None
-        timestamp = None
-        if flags & 0x8000:
-            length = data[offset]
-            offset += 1
-            content_type = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x4000:
-            length = data[offset]
-            offset += 1
-            content_encoding = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x2000:
-            headers, offset = _dec_table(data, offset)
-        if flags & 0x1000:
-            (priority,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        if flags & 0x0800:
-            timestamp, offset = _dec_timestamp(data, offset)
-        return cls(content_type, content_encoding, headers, priority, timestamp), offset
+        if cls is not _StreamProperties:
+            return _decode_as(cls, _StreamProperties, data, offset)
+        obj = _new(_StreamProperties_T)
+        try:
+            flags = data[offset] << 8 | data[offset + 1]
+            offset += 2
+            if flags & 0x07ff:
+                _bad_flags(flags)
+            if flags & 0x8000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_type = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_type = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_type = None
+            if flags & 0x4000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.content_encoding = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.content_encoding = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.content_encoding = None
+            if flags & 0x2000:
+                obj.headers, offset = _decode_table(data, offset, len(data), 1)
+            else:
+                obj.headers = None
+            if flags & 0x1000:
+                obj.priority = data[offset]
+                offset += 1
+            else:
+                obj.priority = None
+            if flags & 0x0800:
+                (seconds,) = _S17.unpack_from(data, offset)
+                offset += 8
+                try:
+                    obj.timestamp = _fromtimestamp(seconds, _UTC)
+                except (OverflowError, ValueError, OSError):
+                    raise _WireError(f"timestamp {seconds} is out of range") from None
+            else:
+                obj.timestamp = None
+        except (_struct_error, IndexError, RecursionError) as exc:
+            raise _decode_failure(exc, 'content properties') from None
+        if offset > len(data):
+            raise _WireError('truncated content properties')
+        obj.__class__ = cls
+        return obj, offset
 
 
 class Tx:
@@ -3063,7 +5114,7 @@ class Tx:
 
     CLASS_ID = 90
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Select(Method):
         """``tx.select`` (90, 10), synchronous."""
 
@@ -3084,7 +5135,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.Select, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class SelectOk(Method):
         """``tx.select-ok`` (90, 11)."""
 
@@ -3105,7 +5156,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.SelectOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Commit(Method):
         """``tx.commit`` (90, 20), synchronous."""
 
@@ -3126,7 +5177,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.Commit, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class CommitOk(Method):
         """``tx.commit-ok`` (90, 21)."""
 
@@ -3147,7 +5198,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.CommitOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Rollback(Method):
         """``tx.rollback`` (90, 30), synchronous."""
 
@@ -3168,7 +5219,7 @@ class Tx:
         def decode(cls, data: bytes, offset: int) -> tuple[Tx.Rollback, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class RollbackOk(Method):
         """``tx.rollback-ok`` (90, 31)."""
 
@@ -3195,7 +5246,7 @@ class Dtx:
 
     CLASS_ID = 100
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Select(Method):
         """``dtx.select`` (100, 10), synchronous."""
 
@@ -3216,7 +5267,7 @@ class Dtx:
         def decode(cls, data: bytes, offset: int) -> tuple[Dtx.Select, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class SelectOk(Method):
         """``dtx.select-ok`` (100, 11)."""
 
@@ -3237,7 +5288,7 @@ class Dtx:
         def decode(cls, data: bytes, offset: int) -> tuple[Dtx.SelectOk, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Start(Method):
         """``dtx.start`` (100, 20), synchronous."""
 
@@ -3253,19 +5304,46 @@ class Dtx:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, dtx_identifier: str = "") -> Dtx.Start:
+            if cls is not _Dtx_Start:
+                return _build(cls, _Dtx_Start, (dtx_identifier,))
+            obj = _new(_Dtx_Start_T)
+            obj.dtx_identifier = dtx_identifier
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
+            try:
+                v_dtx_identifier = _str_encode(self.dtx_identifier)
+                return _join((_S4.pack(0x00640014, len(v_dtx_identifier)), v_dtx_identifier))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
             p0 = _enc_shortstr(self.dtx_identifier)
             return b'\x00d\x00\x14' + p0
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Dtx.Start, int]:
-            length = data[offset]
-            offset += 1
-            dtx_identifier = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            return cls(dtx_identifier), offset
+            if cls is not _Dtx_Start:
+                return _decode_as(cls, _Dtx_Start, data, offset)
+            obj = _new(_Dtx_Start_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.dtx_identifier = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.dtx_identifier = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            if offset > len(data):
+                raise _WireError('truncated arguments')
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class StartOk(Method):
         """``dtx.start-ok`` (100, 21)."""
 
@@ -3292,7 +5370,7 @@ class Tunnel:
 
     CLASS_ID = 110
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Request(Method):
         """``tunnel.request`` (110, 10), carries content."""
 
@@ -3308,16 +5386,31 @@ class Tunnel:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, meta_data: Mapping[str, Any] | None = None) -> Tunnel.Request:
+            if cls is not _Tunnel_Request:
+                return _build(cls, _Tunnel_Request, (meta_data,))
+            obj = _new(_Tunnel_Request_T)
+            obj.meta_data = meta_data
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00n\x00\n' + _enc_table(self.meta_data)
+            return _join((b'\x00n\x00\n', _enc_table(self.meta_data)))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Tunnel.Request, int]:
-            meta_data, offset = _dec_table(data, offset)
-            return cls(meta_data), offset
+            if cls is not _Tunnel_Request:
+                return _decode_as(cls, _Tunnel_Request, data, offset)
+            obj = _new(_Tunnel_Request_T)
+            try:
+                obj.meta_data, offset = _decode_table(data, offset, len(data), 1)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class TunnelProperties(Properties):
     """Content properties of the ``tunnel`` class; ``None`` means absent."""
 
@@ -3329,7 +5422,55 @@ class TunnelProperties(Properties):
 
     CLASS_ID: ClassVar[int] = 110
 
+    def __new__(cls, headers: Mapping[str, Any] | None = None, proxy_name: str | None = None, data_name: str | None = None, durable: int | None = None, broadcast: int | None = None) -> TunnelProperties:
+        if cls is not _TunnelProperties:
+            return _build(cls, _TunnelProperties, (headers, proxy_name, data_name, durable, broadcast))
+        obj = _new(_TunnelProperties_T)
+        obj.headers = headers
+        obj.proxy_name = proxy_name
+        obj.data_name = data_name
+        obj.durable = durable
+        obj.broadcast = broadcast
+        obj.__class__ = cls
+        return obj
+
     def encode(self) -> bytes:
+        try:
+            flags = 0
+            parts = [b'']
+            add = parts.append
+            v: Any
+            v = self.headers
+            if v is not None:
+                flags |= 0x8000
+                add(_table_bytes(v, 1) if type(v) is dict else _enc_table(v))
+            v = self.proxy_name
+            if v is not None:
+                flags |= 0x4000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.data_name
+            if v is not None:
+                flags |= 0x2000
+                raw = _str_encode(v)
+                add(_SP[len(raw)])
+                add(raw)
+            v = self.durable
+            if v is not None:
+                flags |= 0x1000
+                add(_SP[v if v >= 0 else 256])
+            v = self.broadcast
+            if v is not None:
+                flags |= 0x0800
+                add(_SP[v if v >= 0 else 256])
+            parts[0] = _S8.pack(flags)
+            return _join(parts)
+        except (TypeError, IndexError, ValueError, _struct_error):
+            return self._encode_checked()
+
+    def _encode_checked(self) -> bytes:
+        """`encode` that says which property is wrong, and encodes strings that are not strict UTF-8."""
         flags = 0
         parts: list[bytes] = [b'']
         headers = self.headers
@@ -3348,7 +5489,7 @@ class TunnelProperties(Properties):
         if durable is not None:
             flags |= 0x1000
             try:
-                parts.append(_S2.pack(durable))
+                parts.append(_S5.pack(durable))
             except _struct_error:
                 _check_int('TunnelProperties', 'durable', durable, 8)
                 raise
@@ -3356,43 +5497,61 @@ class TunnelProperties(Properties):
         if broadcast is not None:
             flags |= 0x0800
             try:
-                parts.append(_S2.pack(broadcast))
+                parts.append(_S5.pack(broadcast))
             except _struct_error:
                 _check_int('TunnelProperties', 'broadcast', broadcast, 8)
                 raise
-        parts[0] = _S3.pack(flags)
+        parts[0] = _S8.pack(flags)
         return b''.join(parts)
 
     @classmethod
     def decode(cls, data: bytes, offset: int) -> tuple[TunnelProperties, int]:
-        (flags,) = _S3.unpack_from(data, offset)
-        offset += 2
-        if flags & 0x07ff:
-            _bad_flags(flags)
-        headers = None
-        proxy_name = None
-        data_name = None
-        durable = None
-        broadcast = None
-        if flags & 0x8000:
-            headers, offset = _dec_table(data, offset)
-        if flags & 0x4000:
-            length = data[offset]
-            offset += 1
-            proxy_name = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x2000:
-            length = data[offset]
-            offset += 1
-            data_name = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-        if flags & 0x1000:
-            (durable,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        if flags & 0x0800:
-            (broadcast,) = _S2.unpack_from(data, offset)
-            offset += _S2.size
-        return cls(headers, proxy_name, data_name, durable, broadcast), offset
+        if cls is not _TunnelProperties:
+            return _decode_as(cls, _TunnelProperties, data, offset)
+        obj = _new(_TunnelProperties_T)
+        try:
+            flags = data[offset] << 8 | data[offset + 1]
+            offset += 2
+            if flags & 0x07ff:
+                _bad_flags(flags)
+            if flags & 0x8000:
+                obj.headers, offset = _decode_table(data, offset, len(data), 1)
+            else:
+                obj.headers = None
+            if flags & 0x4000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.proxy_name = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.proxy_name = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.proxy_name = None
+            if flags & 0x2000:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.data_name = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.data_name = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                offset = end
+            else:
+                obj.data_name = None
+            if flags & 0x1000:
+                obj.durable = data[offset]
+                offset += 1
+            else:
+                obj.durable = None
+            if flags & 0x0800:
+                obj.broadcast = data[offset]
+                offset += 1
+            else:
+                obj.broadcast = None
+        except (_struct_error, IndexError, RecursionError) as exc:
+            raise _decode_failure(exc, 'content properties') from None
+        if offset > len(data):
+            raise _WireError('truncated content properties')
+        obj.__class__ = cls
+        return obj, offset
 
 
 class Test:
@@ -3400,7 +5559,7 @@ class Test:
 
     CLASS_ID = 120
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Integer(Method):
         """``test.integer`` (120, 10), synchronous."""
 
@@ -3420,9 +5579,28 @@ class Test:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, integer_1: int = 0, integer_2: int = 0, integer_3: int = 0, integer_4: int = 0, operation: int = 0) -> Test.Integer:
+            if cls is not _Test_Integer:
+                return _build(cls, _Test_Integer, (integer_1, integer_2, integer_3, integer_4, operation))
+            obj = _new(_Test_Integer_T)
+            obj.integer_1 = integer_1
+            obj.integer_2 = integer_2
+            obj.integer_3 = integer_3
+            obj.integer_4 = integer_4
+            obj.operation = operation
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00x\x00\n' + _S11.pack(self.integer_1, self.integer_2, self.integer_3, self.integer_4, self.operation)
+                return _S21.pack(0x0078000a, self.integer_1, self.integer_2, self.integer_3, self.integer_4, self.operation)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00x\x00\n' + _S22.pack(self.integer_1, self.integer_2, self.integer_3, self.integer_4, self.operation)
             except _struct_error:
                 _check_int('test.integer', 'integer_1', self.integer_1, 8)
                 _check_int('test.integer', 'integer_2', self.integer_2, 16)
@@ -3433,11 +5611,18 @@ class Test:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Test.Integer, int]:
-            integer_1, integer_2, integer_3, integer_4, operation = _S11.unpack_from(data, offset)
-            offset += _S11.size
-            return cls(integer_1, integer_2, integer_3, integer_4, operation), offset
+            if cls is not _Test_Integer:
+                return _decode_as(cls, _Test_Integer, data, offset)
+            obj = _new(_Test_Integer_T)
+            try:
+                obj.integer_1, obj.integer_2, obj.integer_3, obj.integer_4, obj.operation = _S22.unpack_from(data, offset)
+                offset += 16
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class IntegerOk(Method):
         """``test.integer-ok`` (120, 11)."""
 
@@ -3453,20 +5638,42 @@ class Test:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, result: int = 0) -> Test.IntegerOk:
+            if cls is not _Test_IntegerOk:
+                return _build(cls, _Test_IntegerOk, (result,))
+            obj = _new(_Test_IntegerOk_T)
+            obj.result = result
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00x\x00\x0b' + _S9.pack(self.result)
+                return _S18.pack(0x0078000b, self.result)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00x\x00\x0b' + _S17.pack(self.result)
             except _struct_error:
                 _check_int('test.integer-ok', 'result', self.result, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Test.IntegerOk, int]:
-            result, = _S9.unpack_from(data, offset)
-            offset += _S9.size
-            return cls(result), offset
+            if cls is not _Test_IntegerOk:
+                return _decode_as(cls, _Test_IntegerOk, data, offset)
+            obj = _new(_Test_IntegerOk_T)
+            try:
+                (obj.result,) = _S17.unpack_from(data, offset)
+                offset += 8
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class String(Method):
         """``test.string`` (120, 20), synchronous."""
 
@@ -3484,26 +5691,52 @@ class Test:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, string_1: str = "", string_2: bytes = b"", operation: int = 0) -> Test.String:
+            if cls is not _Test_String:
+                return _build(cls, _Test_String, (string_1, string_2, operation))
+            obj = _new(_Test_String_T)
+            obj.string_1 = string_1
+            obj.string_2 = string_2
+            obj.operation = operation
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
+                v_string_1 = _str_encode(self.string_1)
+                return _join((_S4.pack(0x00780014, len(v_string_1)), v_string_1, _enc_longstr(self.string_2), _S5.pack(self.operation)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
                 p0 = _enc_shortstr(self.string_1)
-                return b'\x00x\x00\x14' + p0 + _enc_longstr(self.string_2) + _S2.pack(self.operation)
+                return b'\x00x\x00\x14' + p0 + _enc_longstr(self.string_2) + _S5.pack(self.operation)
             except _struct_error:
                 _check_int('test.string', 'operation', self.operation, 8)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Test.String, int]:
-            length = data[offset]
-            offset += 1
-            string_1 = data[offset:offset + length].decode('utf-8', 'surrogateescape')
-            offset += length
-            string_2, offset = _dec_longstr(data, offset)
-            operation, = _S2.unpack_from(data, offset)
-            offset += _S2.size
-            return cls(string_1, string_2, operation), offset
+            if cls is not _Test_String:
+                return _decode_as(cls, _Test_String, data, offset)
+            obj = _new(_Test_String_T)
+            try:
+                end = offset + 1 + data[offset]
+                try:
+                    obj.string_1 = data[offset + 1:end].decode()
+                except UnicodeDecodeError:
+                    obj.string_1 = data[offset + 1:end].decode('utf-8', 'surrogateescape')
+                obj.string_2, offset = _dec_longstr(data, end)
+                (obj.operation,) = _S5.unpack_from(data, offset)
+                offset += 1
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class StringOk(Method):
         """``test.string-ok`` (120, 21)."""
 
@@ -3519,15 +5752,30 @@ class Test:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, result: bytes = b"") -> Test.StringOk:
+            if cls is not _Test_StringOk:
+                return _build(cls, _Test_StringOk, (result,))
+            obj = _new(_Test_StringOk_T)
+            obj.result = result
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
-            return b'\x00x\x00\x15' + _enc_longstr(self.result)
+            return _join((b'\x00x\x00\x15', _enc_longstr(self.result)))
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Test.StringOk, int]:
-            result, offset = _dec_longstr(data, offset)
-            return cls(result), offset
+            if cls is not _Test_StringOk:
+                return _decode_as(cls, _Test_StringOk, data, offset)
+            obj = _new(_Test_StringOk_T)
+            try:
+                obj.result, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Table(Method):
         """``test.table`` (120, 30), synchronous."""
 
@@ -3545,9 +5793,26 @@ class Test:
         CLIENT_SENDS: ClassVar[bool] = False
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, table: Mapping[str, Any] | None = None, integer_op: int = 0, string_op: int = 0) -> Test.Table:
+            if cls is not _Test_Table:
+                return _build(cls, _Test_Table, (table, integer_op, string_op))
+            obj = _new(_Test_Table_T)
+            obj.table = table
+            obj.integer_op = integer_op
+            obj.string_op = string_op
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00x\x00\x1e' + _enc_table(self.table) + _S0.pack(self.integer_op, self.string_op)
+                return _join((b'\x00x\x00\x1e', _enc_table(self.table), _S1.pack(self.integer_op, self.string_op)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00x\x00\x1e' + _enc_table(self.table) + _S1.pack(self.integer_op, self.string_op)
             except _struct_error:
                 _check_int('test.table', 'integer_op', self.integer_op, 8)
                 _check_int('test.table', 'string_op', self.string_op, 8)
@@ -3555,12 +5820,19 @@ class Test:
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Test.Table, int]:
-            table, offset = _dec_table(data, offset)
-            integer_op, string_op = _S0.unpack_from(data, offset)
-            offset += _S0.size
-            return cls(table, integer_op, string_op), offset
+            if cls is not _Test_Table:
+                return _decode_as(cls, _Test_Table, data, offset)
+            obj = _new(_Test_Table_T)
+            try:
+                obj.table, offset = _decode_table(data, offset, len(data), 1)
+                obj.integer_op, obj.string_op = _S1.unpack_from(data, offset)
+                offset += 2
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class TableOk(Method):
         """``test.table-ok`` (120, 31)."""
 
@@ -3577,21 +5849,44 @@ class Test:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, integer_result: int = 0, string_result: bytes = b"") -> Test.TableOk:
+            if cls is not _Test_TableOk:
+                return _build(cls, _Test_TableOk, (integer_result, string_result))
+            obj = _new(_Test_TableOk_T)
+            obj.integer_result = integer_result
+            obj.string_result = string_result
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00x\x00\x1f' + _S9.pack(self.integer_result) + _enc_longstr(self.string_result)
+                return _join((_S18.pack(0x0078001f, self.integer_result), _enc_longstr(self.string_result)))
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00x\x00\x1f' + _S17.pack(self.integer_result) + _enc_longstr(self.string_result)
             except _struct_error:
                 _check_int('test.table-ok', 'integer_result', self.integer_result, 64)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Test.TableOk, int]:
-            integer_result, = _S9.unpack_from(data, offset)
-            offset += _S9.size
-            string_result, offset = _dec_longstr(data, offset)
-            return cls(integer_result, string_result), offset
+            if cls is not _Test_TableOk:
+                return _decode_as(cls, _Test_TableOk, data, offset)
+            obj = _new(_Test_TableOk_T)
+            try:
+                (obj.integer_result,) = _S17.unpack_from(data, offset)
+                offset += 8
+                obj.string_result, offset = _dec_longstr(data, offset)
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class Content(Method):
         """``test.content`` (120, 40), synchronous, carries content."""
 
@@ -3612,7 +5907,7 @@ class Test:
         def decode(cls, data: bytes, offset: int) -> tuple[Test.Content, int]:
             return cls(), offset
 
-    @dataclass(frozen=True, slots=True)
+    @dataclass(frozen=True, slots=True, init=False)
     class ContentOk(Method):
         """``test.content-ok`` (120, 41), carries content."""
 
@@ -3628,19 +5923,193 @@ class Test:
         CLIENT_SENDS: ClassVar[bool] = True
         REPLIES: ClassVar[tuple[builtins.type[Method], ...]] = ()
 
+        def __new__(cls, content_checksum: int = 0) -> Test.ContentOk:
+            if cls is not _Test_ContentOk:
+                return _build(cls, _Test_ContentOk, (content_checksum,))
+            obj = _new(_Test_ContentOk_T)
+            obj.content_checksum = content_checksum
+            obj.__class__ = cls
+            return obj
+
         def encode(self) -> bytes:
             try:
-                return b'\x00x\x00)' + _S6.pack(self.content_checksum)
+                return _S10.pack(0x00780029, self.content_checksum)
+            except (TypeError, IndexError, ValueError, _struct_error):
+                return self._encode_checked()
+
+        def _encode_checked(self) -> bytes:
+            """`encode` that says which field is wrong, and encodes strings that are not strict UTF-8."""
+            try:
+                return b'\x00x\x00)' + _S11.pack(self.content_checksum)
             except _struct_error:
                 _check_int('test.content-ok', 'content_checksum', self.content_checksum, 32)
                 raise
 
         @classmethod
         def decode(cls, data: bytes, offset: int) -> tuple[Test.ContentOk, int]:
-            content_checksum, = _S6.unpack_from(data, offset)
-            offset += _S6.size
-            return cls(content_checksum), offset
+            if cls is not _Test_ContentOk:
+                return _decode_as(cls, _Test_ContentOk, data, offset)
+            obj = _new(_Test_ContentOk_T)
+            try:
+                (obj.content_checksum,) = _S11.unpack_from(data, offset)
+                offset += 4
+            except (_struct_error, IndexError, RecursionError) as exc:
+                raise _decode_failure(exc, 'arguments') from None
+            obj.__class__ = cls
+            return obj, offset
 
+
+# The classes as their __new__ and decode compare them, and their mutable twins.
+_Connection_Start = Connection.Start
+_Connection_Start_T = _twin(Connection.Start)
+_Connection_StartOk = Connection.StartOk
+_Connection_StartOk_T = _twin(Connection.StartOk)
+_Connection_Secure = Connection.Secure
+_Connection_Secure_T = _twin(Connection.Secure)
+_Connection_SecureOk = Connection.SecureOk
+_Connection_SecureOk_T = _twin(Connection.SecureOk)
+_Connection_Tune = Connection.Tune
+_Connection_Tune_T = _twin(Connection.Tune)
+_Connection_TuneOk = Connection.TuneOk
+_Connection_TuneOk_T = _twin(Connection.TuneOk)
+_Connection_Open = Connection.Open
+_Connection_Open_T = _twin(Connection.Open)
+_Connection_OpenOk = Connection.OpenOk
+_Connection_OpenOk_T = _twin(Connection.OpenOk)
+_Connection_Redirect = Connection.Redirect
+_Connection_Redirect_T = _twin(Connection.Redirect)
+_Connection_Close = Connection.Close
+_Connection_Close_T = _twin(Connection.Close)
+_Channel_Open = Channel.Open
+_Channel_Open_T = _twin(Channel.Open)
+_Channel_Flow = Channel.Flow
+_Channel_Flow_T = _twin(Channel.Flow)
+_Channel_FlowOk = Channel.FlowOk
+_Channel_FlowOk_T = _twin(Channel.FlowOk)
+_Channel_Alert = Channel.Alert
+_Channel_Alert_T = _twin(Channel.Alert)
+_Channel_Close = Channel.Close
+_Channel_Close_T = _twin(Channel.Close)
+_Access_Request = Access.Request
+_Access_Request_T = _twin(Access.Request)
+_Access_RequestOk = Access.RequestOk
+_Access_RequestOk_T = _twin(Access.RequestOk)
+_Exchange_Declare = Exchange.Declare
+_Exchange_Declare_T = _twin(Exchange.Declare)
+_Exchange_Delete = Exchange.Delete
+_Exchange_Delete_T = _twin(Exchange.Delete)
+_Queue_Declare = Queue.Declare
+_Queue_Declare_T = _twin(Queue.Declare)
+_Queue_DeclareOk = Queue.DeclareOk
+_Queue_DeclareOk_T = _twin(Queue.DeclareOk)
+_Queue_Bind = Queue.Bind
+_Queue_Bind_T = _twin(Queue.Bind)
+_Queue_Purge = Queue.Purge
+_Queue_Purge_T = _twin(Queue.Purge)
+_Queue_PurgeOk = Queue.PurgeOk
+_Queue_PurgeOk_T = _twin(Queue.PurgeOk)
+_Queue_Delete = Queue.Delete
+_Queue_Delete_T = _twin(Queue.Delete)
+_Queue_DeleteOk = Queue.DeleteOk
+_Queue_DeleteOk_T = _twin(Queue.DeleteOk)
+_Queue_Unbind = Queue.Unbind
+_Queue_Unbind_T = _twin(Queue.Unbind)
+_Basic_Qos = Basic.Qos
+_Basic_Qos_T = _twin(Basic.Qos)
+_Basic_Consume = Basic.Consume
+_Basic_Consume_T = _twin(Basic.Consume)
+_Basic_ConsumeOk = Basic.ConsumeOk
+_Basic_ConsumeOk_T = _twin(Basic.ConsumeOk)
+_Basic_Cancel = Basic.Cancel
+_Basic_Cancel_T = _twin(Basic.Cancel)
+_Basic_CancelOk = Basic.CancelOk
+_Basic_CancelOk_T = _twin(Basic.CancelOk)
+_Basic_Publish = Basic.Publish
+_Basic_Publish_T = _twin(Basic.Publish)
+_Basic_Return = Basic.Return
+_Basic_Return_T = _twin(Basic.Return)
+_Basic_Deliver = Basic.Deliver
+_Basic_Deliver_T = _twin(Basic.Deliver)
+_Basic_Get = Basic.Get
+_Basic_Get_T = _twin(Basic.Get)
+_Basic_GetOk = Basic.GetOk
+_Basic_GetOk_T = _twin(Basic.GetOk)
+_Basic_GetEmpty = Basic.GetEmpty
+_Basic_GetEmpty_T = _twin(Basic.GetEmpty)
+_Basic_Ack = Basic.Ack
+_Basic_Ack_T = _twin(Basic.Ack)
+_Basic_Reject = Basic.Reject
+_Basic_Reject_T = _twin(Basic.Reject)
+_Basic_RecoverAsync = Basic.RecoverAsync
+_Basic_RecoverAsync_T = _twin(Basic.RecoverAsync)
+_Basic_Recover = Basic.Recover
+_Basic_Recover_T = _twin(Basic.Recover)
+_BasicProperties = BasicProperties
+_BasicProperties_T = _twin(BasicProperties)
+_File_Qos = File.Qos
+_File_Qos_T = _twin(File.Qos)
+_File_Consume = File.Consume
+_File_Consume_T = _twin(File.Consume)
+_File_ConsumeOk = File.ConsumeOk
+_File_ConsumeOk_T = _twin(File.ConsumeOk)
+_File_Cancel = File.Cancel
+_File_Cancel_T = _twin(File.Cancel)
+_File_CancelOk = File.CancelOk
+_File_CancelOk_T = _twin(File.CancelOk)
+_File_Open = File.Open
+_File_Open_T = _twin(File.Open)
+_File_OpenOk = File.OpenOk
+_File_OpenOk_T = _twin(File.OpenOk)
+_File_Publish = File.Publish
+_File_Publish_T = _twin(File.Publish)
+_File_Return = File.Return
+_File_Return_T = _twin(File.Return)
+_File_Deliver = File.Deliver
+_File_Deliver_T = _twin(File.Deliver)
+_File_Ack = File.Ack
+_File_Ack_T = _twin(File.Ack)
+_File_Reject = File.Reject
+_File_Reject_T = _twin(File.Reject)
+_FileProperties = FileProperties
+_FileProperties_T = _twin(FileProperties)
+_Stream_Qos = Stream.Qos
+_Stream_Qos_T = _twin(Stream.Qos)
+_Stream_Consume = Stream.Consume
+_Stream_Consume_T = _twin(Stream.Consume)
+_Stream_ConsumeOk = Stream.ConsumeOk
+_Stream_ConsumeOk_T = _twin(Stream.ConsumeOk)
+_Stream_Cancel = Stream.Cancel
+_Stream_Cancel_T = _twin(Stream.Cancel)
+_Stream_CancelOk = Stream.CancelOk
+_Stream_CancelOk_T = _twin(Stream.CancelOk)
+_Stream_Publish = Stream.Publish
+_Stream_Publish_T = _twin(Stream.Publish)
+_Stream_Return = Stream.Return
+_Stream_Return_T = _twin(Stream.Return)
+_Stream_Deliver = Stream.Deliver
+_Stream_Deliver_T = _twin(Stream.Deliver)
+_StreamProperties = StreamProperties
+_StreamProperties_T = _twin(StreamProperties)
+_Dtx_Start = Dtx.Start
+_Dtx_Start_T = _twin(Dtx.Start)
+_Tunnel_Request = Tunnel.Request
+_Tunnel_Request_T = _twin(Tunnel.Request)
+_TunnelProperties = TunnelProperties
+_TunnelProperties_T = _twin(TunnelProperties)
+_Test_Integer = Test.Integer
+_Test_Integer_T = _twin(Test.Integer)
+_Test_IntegerOk = Test.IntegerOk
+_Test_IntegerOk_T = _twin(Test.IntegerOk)
+_Test_String = Test.String
+_Test_String_T = _twin(Test.String)
+_Test_StringOk = Test.StringOk
+_Test_StringOk_T = _twin(Test.StringOk)
+_Test_Table = Test.Table
+_Test_Table_T = _twin(Test.Table)
+_Test_TableOk = Test.TableOk
+_Test_TableOk_T = _twin(Test.TableOk)
+_Test_ContentOk = Test.ContentOk
+_Test_ContentOk_T = _twin(Test.ContentOk)
 
 METHODS: dict[int, type[Method]] = {
     0x000a000a: Connection.Start,
