@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -25,8 +25,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+from twistedhelpers import Opener, failure_of, sleep, unique, within
 
 import txpika
 from txpika import spec, spec_0_8
@@ -49,42 +49,6 @@ from txpika.protocol import AMQPClientFactory, AMQPProtocol
 
 pytestmark = pytest.mark.broker
 
-Opener = Callable[..., Awaitable[AMQPProtocol]]
-
-
-def unique(prefix: str = "q") -> str:
-    return f"txpika-test-{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def within(d: Deferred[Any], seconds: float) -> Deferred[Any]:
-    """``d``, failing with ``defer.TimeoutError`` (and cancelled) after ``seconds``."""
-    return d.addTimeout(seconds, reactor)
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def failure_of(d: Deferred[Any], seconds: float = 10.0) -> BaseException:
-    """The exception ``d`` fails with; the test fails if it succeeds or takes over
-    ``seconds``."""
-    timed_out: list[bool] = []
-
-    def expire() -> None:
-        timed_out.append(True)
-        d.cancel()
-
-    call = reactor.callLater(seconds, expire)
-    try:
-        result = await d
-    except Exception as exc:
-        if timed_out:
-            pytest.fail(f"no result within {seconds} s")
-        return exc
-    finally:
-        if call.active():
-            call.cancel()
-    pytest.fail(f"expected a failure, got {result!r}")
 
 
 def url_parts(broker_url: str) -> dict[str, Any]:

@@ -12,8 +12,7 @@ keeps going.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,8 +22,8 @@ from tcpproxy import Proxy
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionClosed as TransportClosed
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twistedhelpers import Opener, failure_of, sleep, unique, within
 
 import txpika
 from txpika.errors import (
@@ -37,41 +36,6 @@ from txpika.protocol import AMQPProtocol
 
 pytestmark = pytest.mark.broker
 
-Opener = Callable[..., Awaitable[AMQPProtocol]]
-
-
-def unique(prefix: str = "q") -> str:
-    return f"txpika-test-{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def within(d: Deferred[Any], seconds: float) -> Deferred[Any]:
-    return d.addTimeout(seconds, reactor)
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def failure_of(d: Deferred[Any], seconds: float = 10.0) -> BaseException:
-    """The exception ``d`` fails with; the test fails if it succeeds or takes over
-    ``seconds``."""
-    timed_out: list[bool] = []
-
-    def expire() -> None:
-        timed_out.append(True)
-        d.cancel()
-
-    call = reactor.callLater(seconds, expire)
-    try:
-        result = await d
-    except Exception as exc:
-        if timed_out:
-            pytest.fail(f"no result within {seconds} s")
-        return exc
-    finally:
-        if call.active():
-            call.cancel()
-    pytest.fail(f"expected a failure, got {result!r}")
 
 
 class Tracked:
