@@ -877,6 +877,26 @@ def test_readme_reconnecting_service(broker_url: str, tmp_path: Path) -> None:
                              "user.created b'{\"id\": 1}'\nservice closed\n"), explain(result)
 
 
+def test_readme_blocking_example(broker_url: str, tmp_path: Path) -> None:
+    code = readme_block("Scripts: txpika.blocking")
+    url = "amqp://guest:guest@localhost/%2F"
+    assert f'blocking.connect("{url}")' in code, code
+    queue = unique("jobs")
+    script = tmp_path / "blocking_script.py"
+    script.write_text(code.replace(url, broker_url).replace('"jobs"', repr(queue))
+                      + "\nprint(outcomes)\n")
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT,
+            check=False)
+    finally:
+        cleanup = delete(broker_url, queue)
+    assert result.returncode == 0, explain(result)
+    assert result.stdout == "[None, None]\n", explain(result)  # both confirmed
+    assert cleanup.returncode == 0, explain(cleanup)
+
+
 def test_readme_systemd_excerpt_matches_the_unit() -> None:
     excerpt = readme_block("Running under systemd", "ini")
     unit = UNIT.read_text()
