@@ -505,20 +505,22 @@ class BlockingChannel:
         (flow policy ``"wait"``) or raises `txpika.errors.FlowControlError` (``"raise"``).
         """
         conn = self.connection
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._flow_active or conn._core.blocked:
-            self._wait_for_flow(None if timeout is None else time.monotonic() + timeout)
+            self._wait_for_flow(deadline)
         with conn._lock:
             self._check()
             tag = conn._core.basic_publish(self.channel_number, exchange, routing_key, body,
                                            properties, mandatory)
             if tag:
                 self._waiting_confirms.add(tag)
-            conn._flush()
+            conn._flush(deadline)
         if not tag:
             return
         confirms = self._confirms
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            conn._wait(lambda: tag in confirms or self._error is not None, timeout)
+            conn._wait(lambda: tag in confirms or self._error is not None, remaining)
         except TimeoutError:
             with conn._lock:
                 self._waiting_confirms.discard(tag)
@@ -556,7 +558,7 @@ class BlockingChannel:
                 mandatory = bool(rest[1]) if len(rest) > 1 else False
                 if not self._flow_active or core.blocked:
                     with conn._lock:
-                        conn._flush()
+                        conn._flush(deadline)
                     self._wait_for_flow(deadline)
                 with conn._lock:
                     self._check()
@@ -565,11 +567,11 @@ class BlockingChannel:
                     if tag:
                         waiting.add(tag)
                     if core.pending_chunks >= _BATCH_CHUNKS:
-                        conn._flush()
+                        conn._flush(deadline)
                 tags.append(tag)
         finally:
             with conn._lock:
-                conn._flush()
+                conn._flush(deadline)
         pending = [t for t in tags if t]
         if pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -855,9 +857,14 @@ class BlockingConnection:
             self._process()
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, deadline: float | None = None) -> None:
         """Write what the core queued (lock held). Reads meanwhile if the socket is full,
-        so two full buffers cannot deadlock."""
+        so two full buffers cannot deadlock.
+
+        With a ``deadline`` (a publish's timeout), a write still stuck then (the broker
+        stopped reading) cannot be abandoned halfway through a frame: the connection is
+        dropped and ``TimeoutError`` raised.
+        """
         chunks = self._core.chunks_to_send()
         if not chunks or self._sock is None:
             return
@@ -867,23 +874,31 @@ class BlockingConnection:
                 chunks = self._sendmsg(sock, chunks)
                 if not chunks:
                     return
-                readable, _, _ = select.select([sock], [sock], [], _SLICE)
-                if readable:
-                    self._read_raw()
+                self._write_wait(sock, deadline)
         for chunk in chunks:
             view = memoryview(chunk)
             while view:
                 try:
                     sent = sock.send(view)
                 except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                    readable, _, _ = select.select([sock], [sock], [], _SLICE)
-                    if readable:
-                        self._read_raw()
+                    self._write_wait(sock, deadline)
                     continue
                 except OSError as exc:
                     self._lost(exc)
                     return
                 view = view[sent:]
+
+    def _write_wait(self, sock: Any, deadline: float | None) -> None:
+        """The socket is full: wait for room (reading meanwhile) until ``deadline``."""
+        if deadline is not None and time.monotonic() >= deadline:
+            self._lost(ConnectionClosedByClient(
+                0, "dropped: a write did not finish within its timeout (the broker stopped "
+                "reading), and a frame cannot be left half-written"))
+            raise TimeoutError("the broker did not take the message in time; the "
+                               "connection was dropped")
+        readable, _, _ = select.select([sock], [sock], [], _SLICE)
+        if readable:
+            self._read_raw()
 
     def _sendmsg(self, sock: Any, chunks: list[Any]) -> list[Any]:
         """Write ``chunks`` (one send, or sendmsg of up to 512); returns what is left
