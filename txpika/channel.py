@@ -429,12 +429,15 @@ class Channel:
                      ) -> Deferred[None]:
         exchange, routing_key, body, properties, mandatory = args
         protocol = self._protocol
-        holding = protocol._holding()
-        if holding:
+        core = self._core
+        # While output waits in the protocol's backlog (transport paused), this publish is
+        # held as one unit there.
+        holding = protocol._backlog or protocol._paused or protocol._writing
+        if holding and core.pending_chunks:
             protocol._stash()  # so that the core's next output is this publish alone
         try:
-            tag = self._core.basic_publish(self.channel_number, exchange, routing_key, body,
-                                           properties, mandatory)
+            tag = core.basic_publish(self.channel_number, exchange, routing_key, body,
+                                     properties, mandatory)
         except Exception as exc:
             if waiter is not None:
                 waiter.errback(exc)

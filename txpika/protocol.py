@@ -310,10 +310,6 @@ class AMQPProtocol(Protocol):
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
 
-    def _holding(self) -> bool:
-        """True while output waits in the backlog rather than going to the transport."""
-        return bool(self._backlog) or self._paused or self._writing
-
     def _stash(self) -> None:
         """Move what the core queued so far into the backlog (keeping the order)."""
         self._backlog.extend(self._core.chunks_to_send())
