@@ -66,11 +66,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-VENV = HERE / ".venv"
-VENV_PYTHON = VENV / "bin" / "python"
-REQUIREMENTS = HERE / "requirements-peers.txt"
+from _harness import (
+    HERE,
+    REQUIREMENTS,
+    ROOT,
+    VENV,
+    VENV_PYTHON,
+    enter_venv,
+    fmt,
+    parse_arguments,
+    scaled,
+    txpika_revision,
+)
+
 TXAMQP_REQUIREMENT = "txAMQP3==0.9.4"
 
 LIBRARIES = ["txpika", "pika-twisted", "txamqp", "aio-pika"]
@@ -262,10 +270,6 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def scaled(count: int, scale: float) -> int:
-    return max(1, round(count * scale))
-
-
 def run_one(args: argparse.Namespace, admin: Admin, library: str, scenario: str,
             profile: str = "") -> dict[str, Any]:
     base_count, size, window, prefetch = SIZES[scenario]
@@ -368,15 +372,6 @@ def pick(attempts: list[dict[str, Any]]) -> dict[str, Any]:
     best["all_cpu_us_per_msg"] = [r.get("cpu_us_per_msg") for r in attempts]
     best["all_msgs_per_s"] = [r.get("msgs_per_s") for r in attempts]
     return best
-
-
-def fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "-"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -484,18 +479,6 @@ def setup_venv() -> None:
                     TXAMQP_REQUIREMENT], check=True)
 
 
-def in_venv() -> bool:
-    return Path(sys.prefix).resolve() == VENV.resolve()
-
-
-def csv(value: str, allowed: list[str]) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    for item in items:
-        if item not in allowed:
-            raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(allowed)}")
-    return items
-
-
 def library_versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -508,18 +491,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def txpika_revision() -> str:
-    """The checkout's commit, with "+dirty" when txpika/ has uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "txpika"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head or 'unknown'}{'+dirty' if dirty else ''}"
-
-
 def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "--child":
         child_main(sys.argv[2])
@@ -527,54 +498,9 @@ def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "--rpc-server":
         rpc_server_main(sys.argv[2])
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Scenarios: " + ", ".join(SCENARIOS) + ". Libraries: " + ", ".join(LIBRARIES))
-    parser.add_argument("--setup", action="store_true",
-                        help="create benchmarks/.venv and install requirements-peers.txt")
-    parser.add_argument("--scenarios", type=lambda v: csv(v, SCENARIOS), default=SCENARIOS,
-                        help="comma-separated scenarios (default: all)")
-    parser.add_argument("--libraries", type=lambda v: csv(v, LIBRARIES), default=LIBRARIES,
-                        help="comma-separated libraries (default: all)")
-    parser.add_argument("--count-scale", type=float, default=1.0,
-                        help="multiply every message count (e.g. 0.1 for a quick run)")
-    parser.add_argument("--big-count", type=int, default=0,
-                        help="messages in the big scenario (default 200 x --count-scale)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run every pair N times (passes interleaved) and keep the run "
-                             "with the least CPU per message; any failed run is reported")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
-    parser.add_argument("--profile", action="store_true",
-                        help="after measuring, run txpika once more per scenario under cProfile "
-                             "and print its hot spots (the table shows unprofiled runs)")
-    parser.add_argument("--profile-dir", default="",
-                        help="keep the .pstats files there (default: a temporary directory)")
-    parser.add_argument("--top", type=int, default=18, help="profile lines per listing")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds before a child is killed and reported TIMEOUT")
-    parser.add_argument("--stall", type=float, default=20.0,
-                        help="seconds without progress before a child gives up (FAIL)")
-    parser.add_argument("--txpika-path", metavar="DIR", default="",
-                        help="import txpika from DIR/txpika instead of this checkout")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5672)
-    parser.add_argument("--user", default="guest")
-    parser.add_argument("--password", default="guest")
-    parser.add_argument("--vhost", default="/")
-    parser.add_argument("--no-reexec", action="store_true",
-                        help="do not re-run under benchmarks/.venv")
-    args = parser.parse_args()
-
-    if args.setup:
-        setup_venv()
-    if not args.no_reexec and not in_venv():
-        if not VENV_PYTHON.exists():
-            sys.exit("benchmarks/.venv is missing: run `python3 benchmarks/throughput.py --setup`"
-                     " first (see benchmarks/README.rst)")
-        argv = [a for a in sys.argv[1:] if a != "--setup"]
-        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()),
-                                    "--no-reexec", *argv])
+    args = parse_arguments(__doc__, SCENARIOS, LIBRARIES,
+                           "messages in the big scenario (default 200 x --count-scale)")
+    enter_venv(args, __file__, setup_venv)
 
     versions = library_versions()
     versions["txpika"] = txpika_revision()
