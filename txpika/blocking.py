@@ -43,6 +43,7 @@ from typing import Any
 
 from txpika import events as ev
 from txpika import spec
+from txpika._delivery import MessageBase
 from txpika.connection import NEED_DATA, Connection, ConnState
 from txpika.errors import (
     ChannelClosedByClient,
@@ -88,7 +89,7 @@ def connect(target: str | ConnectionParameters = "amqp://localhost/",
     return BlockingConnection(parameters)
 
 
-class Message:
+class Message(MessageBase):
     """A delivered, fetched or returned message; ``ack``/``nack``/``reject`` act at once.
 
     The same attributes as the Twisted `txpika.Message`; settling twice, settling an
@@ -96,33 +97,9 @@ class Message:
     `txpika.errors.UsageError` and sends nothing.
     """
 
-    __slots__ = ("_settled", "body", "channel", "consumer_tag", "delivery_tag", "exchange",
-                 "message_count", "properties", "redelivered", "reply_code", "reply_text",
-                 "routing_key")
+    __slots__ = ()
 
-    def __init__(self, channel: BlockingChannel | None, method: Any, properties: Any,
-                 body: bytes, auto_ack: bool = False) -> None:
-        self.channel = channel
-        self.properties = properties
-        self.body = body
-        self.exchange: str = method.exchange
-        self.routing_key: str = method.routing_key
-        self.delivery_tag: int = getattr(method, "delivery_tag", 0)
-        self.redelivered: bool = getattr(method, "redelivered", False)
-        self.consumer_tag: str | None = getattr(method, "consumer_tag", None)
-        self.message_count: int | None = getattr(method, "message_count", None)
-        self.reply_code: int | None = getattr(method, "reply_code", None)
-        self.reply_text: str | None = getattr(method, "reply_text", None)
-        self._settled = auto_ack or self.reply_code is not None
-
-    def __repr__(self) -> str:
-        return (f"<Message delivery_tag={self.delivery_tag} exchange={self.exchange!r} "
-                f"routing_key={self.routing_key!r} body={len(self.body)} bytes>")
-
-    @property
-    def settled(self) -> bool:
-        """True once acked, nacked or rejected (or if it never needed an ack)."""
-        return self._settled
+    channel: BlockingChannel | None
 
     def ack(self, multiple: bool = False) -> None:
         """Acknowledge this message (with ``multiple``, every earlier one too)."""
@@ -142,11 +119,7 @@ class Message:
         self._settle("reject", requeue=requeue)
 
     def _settle(self, how: str, **kwargs: Any) -> None:
-        if self.channel is None or self.reply_code is not None:
-            raise UsageError("a returned message cannot be acked")
-        if self._settled:
-            raise UsageError(
-                f"delivery {self.delivery_tag} was already settled or consumed with auto_ack")
+        self._may_settle()
         getattr(self.channel, f"basic_{how}")(self.delivery_tag, **kwargs)
         self._settled = True
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from txpika.errors import UsageError
+from txpika._delivery import MessageBase
 
 if TYPE_CHECKING:
     from txpika.channel import Channel
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["Message"]
 
 
-class Message:
+class Message(MessageBase):
     """A message the broker delivered (``basic.deliver``), fetched (``basic.get-ok``) or
     returned (``basic.return``).
 
@@ -23,43 +23,13 @@ class Message:
     use it from the reactor thread.
     """
 
-    __slots__ = (
-        "_settled",
-        "body",
-        "channel",
-        "consumer_tag",
-        "delivery_tag",
-        "exchange",
-        "message_count",
-        "properties",
-        "redelivered",
-        "reply_code",
-        "reply_text",
-        "routing_key",
-    )
+    __slots__ = ()
 
-    def __init__(
-        self,
-        channel: Channel | None,
-        method: Any,
-        properties: Any,
-        body: bytes,
-        *,
-        auto_ack: bool = False,
-    ) -> None:
-        self.channel = channel
-        self.properties = properties
-        self.body = body
-        self.exchange: str = method.exchange
-        self.routing_key: str = method.routing_key
-        self.delivery_tag: int = getattr(method, "delivery_tag", 0)
-        self.redelivered: bool = getattr(method, "redelivered", False)
-        self.consumer_tag: str | None = getattr(method, "consumer_tag", None)
-        self.message_count: int | None = getattr(method, "message_count", None)
-        self.reply_code: int | None = getattr(method, "reply_code", None)
-        self.reply_text: str | None = getattr(method, "reply_text", None)
-        # Returned messages and auto-acked deliveries cannot be settled.
-        self._settled = auto_ack or self.reply_code is not None
+    channel: Channel | None
+
+    def __init__(self, channel: Channel | None, method: Any, properties: Any, body: bytes,
+                 *, auto_ack: bool = False) -> None:
+        super().__init__(channel, method, properties, body, auto_ack)
 
     @classmethod
     def _delivered(cls, channel: Channel, method: Any, properties: Any, body: bytes,
@@ -80,17 +50,6 @@ class Message:
         self._settled = auto_ack
         return self
 
-    def __repr__(self) -> str:
-        return (
-            f"<Message delivery_tag={self.delivery_tag} exchange={self.exchange!r} "
-            f"routing_key={self.routing_key!r} body={len(self.body)} bytes>"
-        )
-
-    @property
-    def settled(self) -> bool:
-        """True once acked, nacked or rejected (or if it never needed an ack)."""
-        return self._settled
-
     def ack(self, multiple: bool = False) -> Deferred[None]:
         """Acknowledge this message (with ``multiple``, every earlier one on the channel too).
 
@@ -109,14 +68,9 @@ class Message:
         return self._settle("reject", requeue=requeue)
 
     def _settle(self, how: str, **kwargs: Any) -> Deferred[None]:
-        if self.channel is None or self.reply_code is not None:
-            return fail(UsageError("a returned message cannot be acked"))
-        if self._settled:
-            return fail(UsageError(
-                f"delivery {self.delivery_tag} was already settled or consumed with auto_ack"
-            ))
         try:
-            self.channel._settle(how, self.delivery_tag, **kwargs)
+            self._may_settle()
+            self.channel._settle(how, self.delivery_tag, **kwargs)  # type: ignore[union-attr]
         except Exception as exc:
             return fail(exc)
         self._settled = True
