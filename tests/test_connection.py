@@ -897,6 +897,40 @@ def test_empty_body():
     assert sim.deliver(1, "c1", 2, b"next").body == b"next"
 
 
+@pytest.mark.parametrize("read_size", [65536, 262144, 7919])
+@pytest.mark.parametrize("frames", [[131064] * 3 + [50_000], [90_000]])
+def test_large_body_read_in_pieces_is_one_bytes_body(read_size, frames):
+    # Body frames over STREAM_MIN that straddle reads come out of the decoder in pieces
+    # (memoryviews of the reads); the message still carries one bytes body.
+    _core, sim = consuming()
+    method = spec.Basic.Deliver("c1", 1, False, "", "q")
+    body = bytes(range(251)) * (sum(frames) // 251) + b"!" * (sum(frames) % 251)
+    data = sim.content_bytes(1, method, body, PROPS, chunks=frames)
+    events = []
+    for start in range(0, len(data), read_size):
+        events += sim.feed(data[start:start + read_size])
+    assert events == [ev.MessageReceived(channel=1, method=method, properties=PROPS,
+                                         body=body)]
+    assert type(events[0].body) is bytes
+    # The decoder is back to whole frames: the next delivery follows normally.
+    assert sim.deliver(1, "c1", 2, b"next").body == b"next"
+
+
+def test_streamed_body_exceeding_the_announced_size_is_505():
+    _core, sim = consuming()
+    method = spec.Basic.Deliver("c1", 1, False, "", "q")
+    data = sim.content_bytes(1, method, b"z" * 60_000, chunks=[60_000], body_size=40_000)
+    events = sim.feed(data[:30_000]) + sim.feed(data[30_000:])
+    sim.expect_protocol_close(events, 505, 0, 0, "exceeds the 40000 bytes")
+
+
+def test_streamed_body_frame_without_content_is_505():
+    _core, sim = consuming()
+    data = b"".join(sim.body_bytes(1, b"q" * 50_000))
+    events = sim.feed(data[:20_000])
+    sim.expect_protocol_close(events, 505, 0, 0, "")
+
+
 def test_body_frame_exceeding_the_announced_size_is_505():
     _core, sim = consuming()
     method = spec.Basic.Deliver("c1", 1, False, "", "q")

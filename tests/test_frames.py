@@ -19,6 +19,7 @@ from txpika.errors import ProtocolError, UsageError
 from txpika.frames import (
     HEARTBEAT,
     NEED_DATA,
+    STREAM_MIN,
     BodyFrame,
     FrameDecodeError,
     FrameDecoder,
@@ -471,11 +472,90 @@ def test_frame_max_zero_means_no_limit() -> None:
 
 def test_partial_frame_buffers_only_what_arrived() -> None:
     dec = decoder(frame_max=131072)
-    dec.receive_data(b"\x03\x00\x01" + struct.pack(">I", 100_000))
+    dec.receive_data(b"\x03\x00\x01" + struct.pack(">I", STREAM_MIN))
     for _ in range(10):
         dec.receive_data(b"y" * 1000)
         assert dec.next_frame() is NEED_DATA
     assert dec.buffered == 7 + 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# A large body frame that has not all arrived is handed out in pieces
+
+
+def _body_stream(payload: bytes, channel: int = 1) -> bytes:
+    return b"\x03" + struct.pack(">HI", channel, len(payload)) + payload + b"\xce"
+
+
+def _feed_in_chunks(dec: FrameDecoder, data: bytes, chunk: int) -> list[object]:
+    frames: list[object] = []
+    for start in range(0, len(data), chunk):
+        dec.receive_data(data[start:start + chunk])
+        frames.extend(drain(dec))
+    return frames
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096, 65536, 65543, 100_007])
+def test_large_body_frame_arriving_in_chunks_comes_out_in_pieces(chunk: int) -> None:
+    payload = bytes(range(256)) * 500  # 128,000 octets: more than STREAM_MIN
+    method = spec.Basic.Ack(delivery_tag=7)
+    data = _body_stream(payload, channel=3) + encode_method(2, method)
+    dec = decoder(frame_max=131072)
+    frames = _feed_in_chunks(dec, data, chunk)
+    pieces = frames[:-1]
+    assert frames[-1] == MethodFrame(2, method)
+    assert all(isinstance(p, BodyFrame) and p.channel == 3 for p in pieces)
+    assert len(pieces) >= 2
+    assert all(isinstance(p.payload, memoryview) for p in pieces)  # type: ignore[attr-defined]
+    assert b"".join(p.payload for p in pieces) == payload  # type: ignore[attr-defined]
+    assert dec.buffered == 0
+
+
+def test_large_body_frame_received_whole_is_one_bytes_frame() -> None:
+    payload = b"w" * (STREAM_MIN * 4)
+    dec = decoder(frame_max=131072)
+    dec.receive_data(_body_stream(payload))
+    [frame] = drain(dec)
+    assert isinstance(frame, BodyFrame) and type(frame.payload) is bytes
+    assert frame.payload == payload
+
+
+def test_body_frame_of_stream_min_octets_is_not_split() -> None:
+    payload = b"s" * STREAM_MIN
+    frames = _feed_in_chunks(decoder(), _body_stream(payload), 1000)
+    assert frames == [BodyFrame(1, payload)]
+    assert type(frames[0].payload) is bytes  # type: ignore[attr-defined]
+
+
+def test_streamed_body_frame_with_a_bad_end_octet_is_a_frame_error() -> None:
+    payload = b"e" * 50_000
+    data = _body_stream(payload)[:-1] + b"\x00"
+    dec = decoder()
+    dec.receive_data(data[:30_000])
+    assert isinstance(dec.next_frame(), BodyFrame)
+    dec.receive_data(data[30_000:])
+    assert isinstance(dec.next_frame(), BodyFrame)
+    error = expect_error(dec, 501)
+    assert "0x00" in error.reply_text
+    with pytest.raises(FrameDecodeError):
+        dec.next_frame()
+
+
+def test_streamed_body_frame_waits_for_its_end_octet() -> None:
+    payload = b"t" * 40_000
+    data = _body_stream(payload) + HEARTBEAT
+    dec = decoder()
+    pieces = _feed_in_chunks(dec, data[:-len(HEARTBEAT) - 1], 7000)
+    assert b"".join(p.payload for p in pieces) == payload  # type: ignore[attr-defined]
+    assert dec.next_frame() is NEED_DATA
+    dec.receive_data(data[-len(HEARTBEAT) - 1:])
+    assert drain(dec) == [HeartbeatFrame()]
+
+
+def test_oversized_body_frame_is_refused_before_any_piece() -> None:
+    dec = decoder(frame_max=65536)
+    dec.receive_data(b"\x03\x00\x01" + struct.pack(">I", 70_000) + b"x" * 40_000)
+    expect_error(dec, 501)
 
 
 # ---------------------------------------------------------------------------------------------

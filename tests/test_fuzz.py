@@ -101,7 +101,8 @@ def feed_decoder(dialect: str, frame_max: int, parts: list[bytes], stats: Stats)
                 assert isinstance(frame.properties, properties)
                 assert frame.class_id == frame.properties.CLASS_ID
             elif isinstance(frame, BodyFrame):
-                assert isinstance(frame.payload, bytes)
+                # a memoryview: a piece of a large body frame still arriving
+                assert isinstance(frame.payload, (bytes, memoryview))
             else:
                 assert isinstance(frame, HeartbeatFrame) and frame.channel == 0
 

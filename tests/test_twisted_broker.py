@@ -679,6 +679,18 @@ async def test_64_mib_message_round_trips_byte_exact(open_conn: Opener) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_tcp_transport_reads_and_sends_in_larger_pieces(open_conn: Opener) -> None:
+    conn = await open_conn()
+    transport = conn.transport
+    assert transport.bufferSize == AMQPProtocol.read_size == 262144
+    assert transport.SEND_LIMIT == AMQPProtocol.send_limit == 524288
+    # Twisted's defaults are untouched for every other transport.
+    from twisted.internet import tcp
+    assert tcp.Client.bufferSize == 65536
+    assert tcp.Client.SEND_LIMIT == 131072
+
+
+@pytest_twisted.ensureDeferred
 async def test_transport_back_pressure_makes_publishes_wait(open_conn: Opener) -> None:
     conn = await open_conn()
     ch = await within(conn.channel(), 10)

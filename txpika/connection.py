@@ -167,7 +167,7 @@ class _Channel:
         self.content_props: Properties | None = None
         self.content_size = 0
         self.content_received = 0
-        self.content_parts: list[bytes] = []
+        self.content_parts: list[bytes | memoryview] = []
         self.reported = False  # a ChannelClosed event was emitted
 
 
@@ -980,7 +980,9 @@ class Connection:
         payload = frame.payload
         received = ch.content_received + len(payload)
         if received == ch.content_size and not ch.content_parts:
-            self._finish_content(ch, payload)  # the whole body in one frame, the usual case
+            # The whole body in one frame, the usual case (a memoryview: one piece of a large
+            # frame streamed by the decoder, see txpika.frames).
+            self._finish_content(ch, payload if payload.__class__ is bytes else bytes(payload))
             return
         if received > ch.content_size:
             self._fail_protocol(UNEXPECTED_FRAME, f"body of {method.NAME} exceeds the "

@@ -12,6 +12,12 @@ that can never be valid raises `FrameDecodeError`, a `txpika.errors.ProtocolErro
 * 503 (command invalid): an unknown class or method id, or a content header for a class that
   has no content.
 
+A body frame of more than `STREAM_MIN` bytes whose payload has not all arrived yet is handed
+out as it arrives, in pieces: several `BodyFrame` objects on the same channel, each payload a
+``memoryview`` of the received bytes, so a large body is not joined once per frame and again
+per message. Their sizes add up to the frame's; its end octet is checked after the last piece.
+A frame received whole is always one `BodyFrame` with ``bytes``.
+
 After an error the decoder is broken for good: every later call raises the same error.
 Memory is bounded: the decoder never holds more than the bytes it was given, and it rejects
 a frame whose header announces more than ``frame_max`` before buffering its payload.
@@ -42,6 +48,7 @@ __all__ = [
     "FRAME_MIN_SIZE",
     "HEARTBEAT",
     "NEED_DATA",
+    "STREAM_MIN",
     "BodyFrame",
     "Frame",
     "FrameDecodeError",
@@ -75,6 +82,9 @@ _HEADER_FRAME = Struct(">BHIHHQ")
 #: The end octet of one frame and the header of the body frame that follows it.
 _END_BODY_FRAME = Struct(">BBHI")
 _END = b"\xce"
+#: A body frame larger than this (payload octets) that is not all received yet is handed out
+#: in pieces as it arrives (see the module docstring).
+STREAM_MIN: Final = 16384
 HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
@@ -122,10 +132,11 @@ class HeaderFrame:
 
 @dataclass(slots=True)
 class BodyFrame:
-    """A piece of content body."""
+    """A body frame's payload, or a piece of it (a ``memoryview``) while a large frame is
+    still arriving."""
 
     channel: int
-    payload: bytes
+    payload: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +159,9 @@ class FrameDecoder:
     means no limit. Set it after ``connection.tune``.
     """
 
-    __slots__ = ("_buf", "_error", "_extra", "_extra_len", "_method_decoders", "_methods",
-                 "_need", "_pos", "_properties", "_properties_decoders", "frame_max")
+    __slots__ = ("_body_channel", "_body_left", "_buf", "_error", "_extra", "_extra_len",
+                 "_method_decoders", "_methods", "_need", "_pos", "_properties",
+                 "_properties_decoders", "frame_max")
 
     def __init__(self, dialect: Dialect, frame_max: int = INITIAL_FRAME_MAX) -> None:
         self._methods = dialect.methods
@@ -166,6 +178,10 @@ class FrameDecoder:
         self._extra_len = 0
         self._need = 7
         self._error: FrameDecodeError | None = None
+        # While a large body frame is handed out in pieces: the payload octets still to come
+        # (0: only its end octet), and its channel. -1 otherwise.
+        self._body_left = -1
+        self._body_channel = 0
 
     @property
     def buffered(self) -> int:
@@ -190,6 +206,10 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
+        if self._body_left >= 0:
+            piece = self._body_piece()
+            if piece is not None:
+                return piece
         buf = self._buf
         pos = self._pos
         if self._extra:
@@ -213,6 +233,12 @@ class FrameDecoder:
         start = pos + 7
         end = start + size
         if end >= len(buf):
+            if kind == FRAME_BODY and size > STREAM_MIN:
+                self._pos = start
+                self._body_left = size
+                self._body_channel = channel
+                self._need = 7
+                return self._body_piece() or NEED_DATA
             self._need = size + FRAME_OVERHEAD
             return NEED_DATA
         if buf[end] != FRAME_END:
@@ -278,6 +304,32 @@ class FrameDecoder:
                 return self._fail(FRAME_ERROR, "heartbeat frame on a channel or with a payload")
             return _HEARTBEAT_FRAME
         return self._fail(FRAME_ERROR, f"unknown frame type {kind}")
+
+    def _body_piece(self) -> BodyFrame | _NeedData | None:
+        """The next piece of a body frame being streamed, `NEED_DATA`, or None once its end
+        octet is checked (decoding goes on with the next frame)."""
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            if not self._extra:
+                return NEED_DATA
+            buf = self._buf = self._extra.pop(0)
+            self._extra_len -= len(buf)
+            pos = self._pos = 0
+        left = self._body_left
+        if left:
+            end = min(len(buf), pos + left)
+            piece: BodyFrame = _new(BodyFrame)
+            piece.channel = self._body_channel
+            piece.payload = memoryview(buf)[pos:end]
+            self._pos = end
+            self._body_left = left - (end - pos)
+            return piece
+        if buf[pos] != FRAME_END:
+            return self._fail(FRAME_ERROR, f"frame end octet is {buf[pos]:#04x}, not 0xce")
+        self._pos = pos + 1
+        self._body_left = -1
+        return None
 
     def _fail(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> _NeedData:
         self._error = FrameDecodeError(code, text, class_id, method_id)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -76,6 +77,12 @@ class AMQPProtocol(Protocol):
     fails, with the exception that ended the connection. Not thread-safe: use it from the
     reactor thread.
     """
+
+    #: On a TCP or UNIX transport: the most bytes read at once, which is also the amount of
+    #: unsent output over which the transport pauses publishing (Twisted's default: 64 KiB).
+    read_size: ClassVar[int] = 262144
+    #: On a TCP or UNIX transport: the most bytes one send() may take (Twisted's: 128 KiB).
+    send_limit: ClassVar[int] = 524288
 
     def __init__(self, parameters: ConnectionParameters | None = None,
                  clock: IReactorTime | None = None) -> None:
@@ -228,6 +235,12 @@ class AMQPProtocol(Protocol):
     # -- IProtocol --------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        transport: object = self.transport
+        if isinstance(transport, FileDescriptor):  # TCP and UNIX sockets, not TLS's wrapper
+            # Twisted's defaults (64 KiB reads, 128 KiB per send) cost a reactor turn per 64
+            # KiB of a large message; bufferSize is also the write high-water mark.
+            transport.bufferSize = max(transport.bufferSize, self.read_size)
+            transport.SEND_LIMIT = max(transport.SEND_LIMIT, self.send_limit)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._core.initiate()
         self._handshake_call = self.clock.callLater(
@@ -301,7 +314,9 @@ class AMQPProtocol(Protocol):
                         backlog.extend(chunks)
                         break
                 else:
-                    self.transport.writeSequence(chunks)  # type: ignore[arg-type]
+                    # One bytes for the transport: a join in C costs less than Twisted's
+                    # writeSequence, which checks and counts each piece in Python.
+                    self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[arg-type]
         if self._backlog and not self._paused and not self._writing:
             self._write_backlog()
         if core.state is ConnState.CLOSED and not self._backlog and not self._losing:
@@ -348,34 +363,35 @@ class AMQPProtocol(Protocol):
 
     def _write_backlog(self) -> None:
         backlog = self._backlog
-        write = self.transport.writeSequence  # type: ignore[union-attr]
+        write = self.transport.write  # type: ignore[union-attr]
         self._writing = True  # a transport may pause and resume us from inside write()
         try:
             while backlog and not self._paused:
-                batch: list[bytes] = []
+                # Pieces of a batch are joined into one bytes: the only copy of a large
+                # body's memoryview pieces before the kernel's.
+                batch: list[bytes | memoryview] = []
                 written: list[Deferred[None]] = []
                 size = 0
                 while backlog and size < _WRITE_BATCH:
                     item = backlog.popleft()
                     kind = type(item)
-                    if kind is bytes:
+                    if kind is bytes or kind is memoryview:
                         batch.append(item)
-                        size += len(item)
-                    elif kind is memoryview:
-                        batch.append(bytes(item))
                         size += len(item)
                     elif kind is _Unsent:
                         if item.chunks is None:
                             continue  # cancelled, timed out or refused: never sent
+                        batch.extend(item.chunks)
                         for chunk in item.chunks:
-                            batch.append(chunk if type(chunk) is bytes else bytes(chunk))
                             size += len(chunk)
                         item.chunks = None
                         written.append(item.deferred)
                     else:
                         written.append(item)
                 if batch:
-                    write(batch)  # may call pauseProducing() and stop the loop
+                    # may call pauseProducing() and stop the loop
+                    write(batch[0] if len(batch) == 1 and type(batch[0]) is bytes
+                          else b"".join(batch))
                 for d in written:
                     d.callback(None)
         finally:

@@ -68,6 +68,7 @@ class Meter:
     wall: float = 0.0
     user: float = 0.0
     sys: float = 0.0
+    minflt: int = 0
     base_rss_kb: int = 0
     started: bool = False
     stopped: bool = False
@@ -98,6 +99,7 @@ class Meter:
         self.wall = t1 - self._t0
         self.user = r1.ru_utime - self._r0.ru_utime
         self.sys = r1.ru_stime - self._r0.ru_stime
+        self.minflt = r1.ru_minflt - self._r0.ru_minflt
         if self._prof is not None:
             self._prof.dump_stats(self.profile)
 
@@ -106,6 +108,7 @@ class Meter:
             "wall": self.wall,
             "cpu_user": self.user,
             "cpu_sys": self.sys,
+            "minor_faults": self.minflt,
             "base_rss_kb": self.base_rss_kb,
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             **self.extra,
