@@ -72,6 +72,7 @@ from _harness import (
     ROOT,
     VENV,
     VENV_PYTHON,
+    byte_compile_txpika,
     enter_venv,
     fmt,
     parse_arguments,
@@ -507,6 +508,7 @@ def main() -> None:
     if args.txpika_path:
         os.environ["TXPIKA_BENCH_PATH"] = os.path.abspath(args.txpika_path)
         versions["txpika"] = f"from {os.environ['TXPIKA_BENCH_PATH']}"
+    byte_compile_txpika(args.txpika_path)
     print(f"{platform.python_implementation()} {platform.python_version()}, "
           + ", ".join(f"{k} {v}" for k, v in versions.items())
           + f"; {os.cpu_count()} CPUs; broker {args.host}:{args.port}")

@@ -511,13 +511,14 @@ def test_large_body_frame_arriving_in_chunks_comes_out_in_pieces(chunk: int) -> 
     assert dec.buffered == 0
 
 
-def test_large_body_frame_received_whole_is_one_bytes_frame() -> None:
+def test_large_body_frame_received_whole_is_one_view() -> None:
     payload = b"w" * (STREAM_MIN * 4)
     dec = decoder(frame_max=131072)
-    dec.receive_data(_body_stream(payload))
-    [frame] = drain(dec)
-    assert isinstance(frame, BodyFrame) and type(frame.payload) is bytes
+    dec.receive_data(_body_stream(payload) + HEARTBEAT)
+    [frame, heartbeat] = drain(dec)
+    assert isinstance(frame, BodyFrame) and type(frame.payload) is memoryview
     assert frame.payload == payload
+    assert heartbeat == HeartbeatFrame()
 
 
 def test_body_frame_of_stream_min_octets_is_not_split() -> None:

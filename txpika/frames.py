@@ -12,11 +12,11 @@ that can never be valid raises `FrameDecodeError`, a `txpika.errors.ProtocolErro
 * 503 (command invalid): an unknown class or method id, or a content header for a class that
   has no content.
 
-A body frame of more than `STREAM_MIN` bytes whose payload has not all arrived yet is handed
-out as it arrives, in pieces: several `BodyFrame` objects on the same channel, each payload a
-``memoryview`` of the received bytes, so a large body is not joined once per frame and again
-per message. Their sizes add up to the frame's; its end octet is checked after the last piece.
-A frame received whole is always one `BodyFrame` with ``bytes``.
+The payload of a body frame of more than `STREAM_MIN` bytes is a ``memoryview`` of the
+received bytes, so that a large body is copied once, into the message, not once per frame
+and again per message. If such a frame has not all arrived yet, it is handed out as it
+arrives, in pieces: several `BodyFrame` objects on the same channel whose sizes add up to the
+frame's; its end octet is checked after the last piece. Smaller payloads are ``bytes``.
 
 After an error the decoder is broken for good: every later call raises the same error.
 Memory is bounded: the decoder never holds more than the bytes it was given, and it rejects
@@ -249,7 +249,9 @@ class FrameDecoder:
         if kind == FRAME_BODY:
             body: BodyFrame = _new(BodyFrame)
             body.channel = channel
-            body.payload = buf[start:end]
+            # A large payload stays a view of the received bytes: the core copies it once,
+            # into the message body, whether it has one frame or many.
+            body.payload = buf[start:end] if size <= STREAM_MIN else memoryview(buf)[start:end]
             return body
         # Methods and headers are decoded in place, from the buffer: a decoder that reads past
         # the frame's end is caught by the check that it ends exactly there.
