@@ -467,6 +467,43 @@ def test_process_data_events_keeps_heartbeats_going(broker_url: str) -> None:
         assert isinstance(ch.queue_declare("", timeout=T), spec.Queue.DeclareOk)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the recv()-with-SO_RCVTIMEO read is Linux's")
+def test_plain_socket_reads_block_in_recv_for_one_slice(broker_url: str) -> None:
+    import struct
+    with blocking.connect(broker_url) as conn:
+        sock = conn._sock
+        assert sock.getblocking()
+        timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+        seconds, micros = struct.unpack("@ll", timeval)
+        assert 0.24 <= seconds + micros / 1e6 <= 0.26  # (the kernel rounds it to its tick)
+        # An idle wait is a series of slices: it ends when asked, neither early nor late.
+        started = time.monotonic()
+        conn.process_data_events(0.6)
+        assert 0.6 <= time.monotonic() - started < 1.2
+        ch = conn.channel(timeout=T)
+        assert isinstance(ch.queue_declare("", timeout=T), spec.Queue.DeclareOk)
+
+
+def test_close_from_another_thread_ends_a_blocked_read_at_once(broker_url: str) -> None:
+    conn = blocking.connect(broker_url)
+    ended: list[float] = []
+
+    def idle() -> None:
+        with contextlib.suppress(Exception):
+            conn.process_data_events(30)
+        ended.append(time.monotonic())
+
+    reader = threading.Thread(target=idle, daemon=True)
+    reader.start()
+    time.sleep(0.3)  # the reader is inside recv()
+    closing = time.monotonic()
+    conn._lost(ConnectionResetError("cut by the test"))  # as a failed write in another thread
+    reader.join(5)
+    assert not reader.is_alive()
+    assert ended[0] - closing < 0.2  # not after the slice: shutdown() woke it
+    assert not conn.is_open
+
+
 # -- confirms -------------------------------------------------------------------------------
 
 

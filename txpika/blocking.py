@@ -35,6 +35,8 @@ import contextlib
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -65,6 +67,9 @@ _UNKNOWN = object()
 #: publish_batch writes when this many pieces of output are queued, and at its end
 _BATCH_CHUNKS = 64
 _RECV = 262144
+#: Reads block in recv() with SO_RCVTIMEO (see BlockingConnection.__init__); Linux only.
+_DIRECT = sys.platform == "linux" and hasattr(socket, "MSG_DONTWAIT")
+_TIMEVAL = struct.Struct("@ll")
 
 
 def connect(target: str | ConnectionParameters = "amqp://localhost/",
@@ -661,6 +666,15 @@ class BlockingConnection:
         self._callbacks: deque[tuple[Callable[[Message], object], Message]] = deque()
         self._next_tick: float | None = None
         self._sock = self._open_socket()
+        # A plain socket on Linux stays in blocking mode: reads block in recv() for at most
+        # a slice (SO_RCVTIMEO) instead of poll() then recv(), and writes never block
+        # (MSG_DONTWAIT). TLS sockets and other systems are non-blocking, read after poll().
+        self._direct = not isinstance(self._sock, ssl.SSLSocket) and _DIRECT
+        self._send_flags = socket.MSG_DONTWAIT if self._direct else 0
+        if self._direct:
+            self._sock.setblocking(True)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                  _TIMEVAL.pack(0, int(_SLICE * 1_000_000)))
         self._poller = select.poll()
         self._poller.register(self._sock, select.POLLIN)
         with self._lock:
@@ -775,9 +789,12 @@ class BlockingConnection:
                         self._waiters -= 1
                     continue
                 self._reading = True
-                ready = self._select(wait)
+                if self._direct and wait >= _SLICE:
+                    data = self._recv_blocking()
+                else:
+                    data = self._recv_ready(self._select(wait))
                 self._reading = False
-                self._read(ready)
+                self._read(data)
                 self._tick()
                 if self._waiters:
                     self._cond.notify_all()
@@ -800,21 +817,47 @@ class BlockingConnection:
             self._lock.acquire()
         return bool(readable)
 
-    def _read(self, ready: bool) -> None:
+    def _recv_blocking(self) -> Any:
+        """One recv() on the plain socket, blocking with the lock released for at most one
+        slice (its SO_RCVTIMEO): a round trip costs no poll() system call. Returns bytes (b""
+        at the end of the stream), None if nothing came, or the OSError raised."""
+        sock = self._sock
+        self._lock.release()
+        try:
+            return sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):  # the slice passed (EAGAIN)
+            return None
+        except OSError as exc:
+            return exc
+        finally:
+            self._lock.acquire()
+
+    def _recv_ready(self, ready: bool) -> Any:
+        """After `_select`: as `_recv_blocking`, without blocking."""
+        if not ready:
+            return None
+        try:
+            if self._direct:
+                return self._sock.recv(_RECV, socket.MSG_DONTWAIT)
+            return self._sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
+            return None
+        except OSError as exc:
+            return exc
+
+    def _read(self, data: Any) -> None:
+        """Process what `_recv_blocking` or `_recv_ready` returned (lock held)."""
         if self._error is not None:
             return
         if self._raw_pending:  # what _read_raw queued while a write was stuck
             self._raw_pending = False
             self._process()
             self._flush()
-        if not ready:
+        if data is None:
             return
-        try:
-            data = self._sock.recv(_RECV)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
-        except OSError as exc:
-            self._lost(exc)
+        if isinstance(data, OSError):
+            self._lost(data)
             return
         if not data:
             self._lost(ConnectionResetError("the broker closed the connection"))
@@ -879,7 +922,7 @@ class BlockingConnection:
         n = len(chunks)
         if n == 1:
             try:
-                sent = sock.send(chunks[0])
+                sent = sock.send(chunks[0], self._send_flags)
             except (BlockingIOError, InterruptedError):
                 return chunks
             except OSError as exc:
@@ -892,7 +935,7 @@ class BlockingConnection:
         while i < n:
             batch = chunks[i:i + 512]
             try:
-                sent = sock.sendmsg(batch)
+                sent = sock.sendmsg(batch, (), self._send_flags)
             except (BlockingIOError, InterruptedError):
                 return chunks[i:]
             except OSError as exc:
@@ -911,13 +954,8 @@ class BlockingConnection:
 
     def _read_raw(self) -> None:
         # Read while our writes are stuck: queue the data in the core, process it later.
-        try:
-            data = self._sock.recv(_RECV)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
-        except OSError:
-            return
-        if data:
+        data = self._recv_ready(True)
+        if data and not isinstance(data, OSError):
             self._core.receive_data(data)
             self._raw_pending = True
 
@@ -927,6 +965,9 @@ class BlockingConnection:
         self._sock_close()
 
     def _sock_close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._direct:  # wakes a thread blocked in recv() at once
+                self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._sock.close()
 
