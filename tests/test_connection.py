@@ -1470,6 +1470,22 @@ def test_return_outside_confirm_mode_is_a_message():
 # =========================================================================================
 
 
+@pytest.mark.parametrize("dialect", [spec.DIALECT, spec_0_8.DIALECT])
+@pytest.mark.parametrize("channel,tag", [(1, 1), (2047, 2**64 - 1), (300, 65536)])
+def test_single_ack_bytes_are_the_encoded_method(dialect, channel, tag):
+    # basic_ack packs its frame directly: it must be exactly what the codec would write.
+    core, sim = open_connection(dialect=dialect)
+    sim.open_channel(channel)
+    sim.consume(channel, "c")
+    sim.deliver(channel, "c", tag)
+    core.data_to_send()
+    core.basic_ack(channel, tag)
+    assert core.data_to_send() == encode_method(channel, dialect.module.Basic.Ack(tag, False))
+    with pytest.raises(UsageError):
+        core.basic_ack(channel, tag)
+    assert core.data_to_send() == b""
+
+
 def test_acks_are_written_and_checked():
     core, sim = consuming()
     for tag in (1, 2, 3, 4, 5):

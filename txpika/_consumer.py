@@ -165,15 +165,17 @@ class Consumer:
 
 def _run_callback(callback: MessageCallback, message: Message) -> None:
     try:
-        result = callback(message)
+        result: object = callback(message)
     except Exception:
         log.failure("consumer callback failed on delivery {tag}", tag=message.delivery_tag)
         return
+    if result is None:
+        return  # the usual case, before two isinstance checks (one of them against an ABC)
     if isinstance(result, Deferred):
         d: Deferred[Any] = result
     elif isinstance(result, Coroutine):
         d = ensureDeferred(result)
     else:
-        return  # None or a plain value: nothing to wait for
+        return  # a plain value: nothing to wait for
     d.addErrback(lambda f: log.failure("consumer callback failed on delivery {tag}", f,
                                        tag=message.delivery_tag))

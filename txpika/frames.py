@@ -307,6 +307,51 @@ class FrameDecoder:
             return _HEARTBEAT_FRAME
         return self._fail(FRAME_ERROR, f"unknown frame type {kind}")
 
+    def next_content(self, channel: int, class_id: int) -> tuple[Properties, bytes] | None:
+        """The content header and body that follow a content method on ``channel``, when
+        both are already here whole and well-formed: the properties and the body (of at
+        most `STREAM_MIN` octets, in one frame). Otherwise None, and nothing is consumed:
+        `next_frame` then decodes those frames one by one, and reports what is wrong.
+
+        A shortcut for the usual delivery, which takes three frames in one go.
+        """
+        if self._body_left >= 0 or self._extra or self._error is not None:
+            return None
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if end - pos < 30:  # header frame (22 octets at least) and body frame header
+            return None
+        kind, chan, size, klass, weight, body_size = _HEADER_FRAME.unpack_from(buf, pos)
+        header_end = pos + 7 + size
+        if (kind != FRAME_HEADER or chan != channel or klass != class_id or weight
+                or size < 14 or header_end >= end or buf[header_end] != FRAME_END
+                or body_size > STREAM_MIN or (self.frame_max and size + 8 > self.frame_max)):
+            return None
+        decode = self._properties_decoders.get(klass)
+        if decode is None:
+            return None
+        try:
+            properties, offset = decode(buf, pos + 19)
+        except (WireError, struct_error, IndexError, ValueError):
+            return None
+        if offset != header_end:
+            return None
+        if not body_size:
+            self._pos = header_end + 1
+            return properties, b""
+        start = header_end + 8
+        body_end = start + body_size
+        if (body_end >= end or buf[body_end] != FRAME_END
+                or (self.frame_max and body_size + 8 > self.frame_max)):
+            return None
+        kind, chan, size = _FRAME_HEADER.unpack_from(buf, header_end + 1)
+        if kind != FRAME_BODY or chan != channel or size != body_size:
+            return None
+        self._pos = body_end + 1
+        self._need = 7
+        return properties, buf[start:body_end]
+
     def _body_piece(self) -> BodyFrame | _NeedData | None:
         """The next piece of a body frame being streamed, `NEED_DATA`, or None once its end
         octet is checked (decoding goes on with the next frame)."""
