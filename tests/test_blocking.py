@@ -504,6 +504,41 @@ def test_close_from_another_thread_ends_a_blocked_read_at_once(broker_url: str) 
     assert not conn.is_open
 
 
+def test_large_messages_round_trip_and_reads_grow_only_while_they_fill(
+    conn: blocking.BlockingConnection, ch: blocking.BlockingChannel,
+) -> None:
+    import hashlib
+    queue = declare_temp(ch)
+    ch.confirm_select(timeout=T)
+    bodies = [os.urandom(4 << 20), os.urandom((4 << 20) + 12345), b""]
+    for body in bodies:
+        ch.basic_publish("", queue, body, BasicProperties(message_id=str(len(body))), timeout=30)
+    reads: list[int] = []
+    receive = conn._core.receive_data
+
+    def recording(data: Any) -> None:
+        reads.append(len(data))
+        receive(data)
+
+    conn._core.receive_data = recording  # type: ignore[method-assign]
+    got = []
+    for message in ch.consume(queue, prefetch=2, inactivity_timeout=T):
+        assert message is not None
+        got.append(message)
+        message.ack()
+        if len(got) == len(bodies):
+            break
+    for message, body in zip(got, bodies, strict=True):
+        assert type(message.body) is bytes
+        assert hashlib.sha256(message.body).digest() == hashlib.sha256(body).digest()
+        assert message.properties.message_id == str(len(body))
+    assert max(reads) > 65536  # reads grew while they filled the buffer
+    ch.basic_publish("", queue, b"small", timeout=T)
+    small = ch.basic_get(queue, auto_ack=True, timeout=T)
+    assert small is not None and small.body == b"small"
+    assert conn._recv_size == 65536  # and came back once reads were small
+
+
 # -- confirms -------------------------------------------------------------------------------
 
 

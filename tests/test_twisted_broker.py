@@ -679,12 +679,35 @@ async def test_64_mib_message_round_trips_byte_exact(open_conn: Opener) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_tcp_transport_reads_and_sends_in_larger_pieces(open_conn: Opener) -> None:
+async def test_tcp_transport_reads_more_at_once_only_while_reads_fill_it(
+    open_conn: Opener,
+) -> None:
     conn = await open_conn()
     transport = conn.transport
-    assert transport.bufferSize == AMQPProtocol.read_size == 262144
     assert transport.SEND_LIMIT == AMQPProtocol.send_limit == 524288
-    # Twisted's defaults are untouched for every other transport.
+    assert transport.bufferSize == 65536  # Twisted's read size, while reads are small
+    sizes: list[tuple[int, int]] = []
+    received = conn.dataReceived
+
+    def recording(data: bytes) -> None:
+        sizes.append((len(data), transport.bufferSize))
+        received(data)
+
+    conn.dataReceived = recording  # type: ignore[method-assign]
+    ch = await within(conn.channel(), 10)
+    q = await fresh_queue(ch)
+    await within(ch.confirm_select(), 10)
+    await within(ch.basic_publish("", q, b"L" * (4 * 1024 * 1024)), 20)
+    msg = await within(ch.basic_get(q, auto_ack=True), 20)
+    assert msg is not None and len(msg.body) == 4 * 1024 * 1024
+    # It grew: some reads asked for read_size, and took more than Twisted's 64 KiB.
+    assert any(asked == AMQPProtocol.read_size for _, asked in sizes)
+    assert max(size for size, _ in sizes) > 65536
+    # Small reads again: back to Twisted's size.
+    await within(ch.basic_publish("", q, b"small"), 10)
+    assert (await within(ch.basic_get(q, auto_ack=True), 10)).body == b"small"  # type: ignore[union-attr]
+    assert transport.bufferSize == 65536
+    # Twisted's class defaults are untouched.
     from twisted.internet import tcp
     assert tcp.Client.bufferSize == 65536
     assert tcp.Client.SEND_LIMIT == 131072

@@ -66,7 +66,11 @@ _SLICE = 0.25
 _UNKNOWN = object()
 #: publish_batch writes when this many pieces of output are queued, and at its end
 _BATCH_CHUNKS = 64
-_RECV = 262144
+#: Bytes asked of one recv(): _RECV_SMALL, or _RECV_LARGE while reads fill that (a large
+#: message arriving). Each recv() allocates what it asks for, and a 256 KiB allocation for
+#: every small read costs page faults.
+_RECV_SMALL = 65536
+_RECV_LARGE = 262144
 #: Reads block in recv() with SO_RCVTIMEO (see BlockingConnection.__init__); Linux only.
 _DIRECT = sys.platform == "linux" and hasattr(socket, "MSG_DONTWAIT")
 _TIMEVAL = struct.Struct("@ll")
@@ -666,6 +670,7 @@ class BlockingConnection:
         self._callbacks: deque[tuple[Callable[[Message], object], Message]] = deque()
         self._next_tick: float | None = None
         self._sock = self._open_socket()
+        self._recv_size = _RECV_SMALL
         # A plain socket on Linux stays in blocking mode: reads block in recv() for at most
         # a slice (SO_RCVTIMEO) instead of poll() then recv(), and writes never block
         # (MSG_DONTWAIT). TLS sockets and other systems are non-blocking, read after poll().
@@ -824,7 +829,7 @@ class BlockingConnection:
         sock = self._sock
         self._lock.release()
         try:
-            return sock.recv(_RECV)
+            return sock.recv(self._recv_size)
         except (BlockingIOError, InterruptedError):  # the slice passed (EAGAIN)
             return None
         except OSError as exc:
@@ -838,8 +843,8 @@ class BlockingConnection:
             return None
         try:
             if self._direct:
-                return self._sock.recv(_RECV, socket.MSG_DONTWAIT)
-            return self._sock.recv(_RECV)
+                return self._sock.recv(self._recv_size, socket.MSG_DONTWAIT)
+            return self._sock.recv(self._recv_size)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                 ssl.SSLWantWriteError):
             return None
@@ -862,6 +867,11 @@ class BlockingConnection:
         if not data:
             self._lost(ConnectionResetError("the broker closed the connection"))
             return
+        size = len(data)
+        if size >= self._recv_size:
+            self._recv_size = _RECV_LARGE
+        elif size < _RECV_SMALL:
+            self._recv_size = _RECV_SMALL
         self._core.receive_data(data)
         self._process()
         self._flush()

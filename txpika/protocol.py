@@ -78,8 +78,9 @@ class AMQPProtocol(Protocol):
     reactor thread.
     """
 
-    #: On a TCP or UNIX transport: the most bytes read at once, which is also the amount of
-    #: unsent output over which the transport pauses publishing (Twisted's default: 64 KiB).
+    #: On a TCP or UNIX transport: the most bytes read at once while reads fill the
+    #: transport's buffer (Twisted's default, 64 KiB, otherwise). The transport uses the same
+    #: figure as the amount of unsent output over which it pauses publishing.
     read_size: ClassVar[int] = 262144
     #: On a TCP or UNIX transport: the most bytes one send() may take (Twisted's: 128 KiB).
     send_limit: ClassVar[int] = 524288
@@ -122,6 +123,8 @@ class AMQPProtocol(Protocol):
         self._transport_gone = False
         self._secret_waiters: list[Deferred[None]] = []
         self._timed_out: BaseException | None = None  # the handshake timeout, if it fired
+        self._fd: FileDescriptor | None = None  # a TCP or UNIX transport (read size tuning)
+        self._small_read = 65536
 
     def __repr__(self) -> str:
         state = self._core.state.value
@@ -237,9 +240,10 @@ class AMQPProtocol(Protocol):
     def connectionMade(self) -> None:
         transport: object = self.transport
         if isinstance(transport, FileDescriptor):  # TCP and UNIX sockets, not TLS's wrapper
-            # Twisted's defaults (64 KiB reads, 128 KiB per send) cost a reactor turn per 64
-            # KiB of a large message; bufferSize is also the write high-water mark.
-            transport.bufferSize = max(transport.bufferSize, self.read_size)
+            # Twisted's 128 KiB per send costs a reactor turn per 128 KiB of a large message.
+            # Its read size is raised while reads fill it (see dataReceived).
+            self._fd = transport
+            self._small_read = transport.bufferSize
             transport.SEND_LIMIT = max(transport.SEND_LIMIT, self.send_limit)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._core.initiate()
@@ -248,6 +252,18 @@ class AMQPProtocol(Protocol):
         self._flush()
 
     def dataReceived(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is not None:
+            # A read that filled the transport's buffer means more is waiting: read up to
+            # read_size at a time (fewer reactor turns for large messages). Once reads are
+            # small again, go back to Twisted's size: each read allocates that much, and a
+            # 256 KiB allocation per small read costs page faults.
+            size = len(data)
+            if size >= fd.bufferSize:
+                if size < self.read_size:
+                    fd.bufferSize = self.read_size
+            elif size < self._small_read and fd.bufferSize != self._small_read:
+                fd.bufferSize = self._small_read
         self._core.receive_data(data)
         self._drain()
 
