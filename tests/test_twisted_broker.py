@@ -714,13 +714,44 @@ async def test_tcp_transport_reads_more_at_once_only_while_reads_fill_it(
 
 
 @pytest_twisted.ensureDeferred
+async def test_writes_go_straight_to_an_idle_socket(open_conn: Opener) -> None:
+    conn = await open_conn()
+    ch = await within(conn.channel(), 10)
+    transport = conn.transport
+    buffered: list[bytes] = []
+    write = transport.write
+
+    def counting(data: bytes) -> None:
+        buffered.append(data)
+        write(data)
+
+    transport.write = counting
+    # Request/response: each request finds the transport empty and is sent at once, not
+    # buffered for the reactor's next turn.
+    for _ in range(20):
+        ok = await within(ch.queue_declare("", exclusive=True), 10)
+        assert ok.queue.startswith("amq.gen-")
+    q = await fresh_queue(ch)
+    await within(ch.confirm_select(), 10)
+    for i in range(50):
+        await within(ch.basic_publish("", q, b"%d" % i), 10)  # fires on the broker's ack
+    assert buffered == []
+    declared = await within(ch.queue_declare(q, passive=True), 10)
+    assert declared.message_count == 50
+
+
+@pytest_twisted.ensureDeferred
 async def test_transport_back_pressure_makes_publishes_wait(open_conn: Opener) -> None:
     conn = await open_conn()
     ch = await within(conn.channel(), 10)
     q = await fresh_queue(ch)
+    # A small kernel send buffer: writes that go straight to the socket when the transport
+    # is empty (AMQPProtocol._write) soon find it full, and the transport buffers the rest.
+    conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
     big = ch.basic_publish("", q, b"B" * (4 * 1024 * 1024))  # over the transport's buffer
-    # Its first batch paused the transport: the rest of it, and what follows, wait.
+    # Its first batches paused the transport: the rest of it, and what follows, wait.
     assert not big.called
+    assert conn.transport.producerPaused
     small = [Tracked(ch.basic_publish("", q, b"%d" % i)) for i in range(10)]
     assert [t.fired for t in small] == [0] * 10
     await within(big, 10)

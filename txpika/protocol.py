@@ -16,6 +16,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Connection as _TCPConnection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -124,6 +125,7 @@ class AMQPProtocol(Protocol):
         self._secret_waiters: list[Deferred[None]] = []
         self._timed_out: BaseException | None = None  # the handshake timeout, if it fired
         self._fd: FileDescriptor | None = None  # a TCP or UNIX transport (read size tuning)
+        self._tcp: Any = None  # the same, if a twisted.internet.tcp.Connection (write-through)
         self._small_read = 65536
 
     def __repr__(self) -> str:
@@ -243,6 +245,8 @@ class AMQPProtocol(Protocol):
             # Twisted's 128 KiB per send costs a reactor turn per 128 KiB of a large message.
             # Its read size is raised while reads fill it (see dataReceived).
             self._fd = transport
+            if isinstance(transport, _TCPConnection):
+                self._tcp = transport
             self._small_read = transport.bufferSize
             transport.SEND_LIMIT = max(transport.SEND_LIMIT, self.send_limit)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
@@ -332,7 +336,7 @@ class AMQPProtocol(Protocol):
                 else:
                     # One bytes for the transport: a join in C costs less than Twisted's
                     # writeSequence, which checks and counts each piece in Python.
-                    self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[arg-type]
+                    self._write(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[arg-type]
         if self._backlog and not self._paused and not self._writing:
             self._write_backlog()
         if core.state is ConnState.CLOSED and not self._backlog and not self._losing:
@@ -340,6 +344,28 @@ class AMQPProtocol(Protocol):
             # A TLS transport sends its close_notify only once no producer is registered.
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
+
+    def _write(self, data: bytes) -> None:
+        """Write ``data``: straight to the socket when a TCP transport has nothing buffered,
+        else through the transport.
+
+        Twisted's transport.write() buffers, asks the reactor to watch for writability and
+        sends on its next turn, then stops watching: two epoll_ctl calls and a reactor turn
+        per write. A request/response exchange (an RPC, a synchronous method) writes a
+        little and waits, so most writes find the transport empty: they go out at once
+        with the transport's own writeSomeData(). Whatever the socket does not take, and
+        any error, is left to transport.write(), which keeps the order: nothing else was
+        buffered.
+        """
+        tcp = self._tcp
+        if (tcp is not None and not tcp._tempDataLen and tcp.offset == len(tcp.dataBuffer)
+                and tcp.connected and not tcp.disconnecting and not tcp._writeDisconnected):
+            sent = tcp.writeSomeData(data)
+            if type(sent) is int:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _stash(self) -> None:
         """Move what the core queued so far into the backlog (keeping the order)."""
@@ -379,7 +405,7 @@ class AMQPProtocol(Protocol):
 
     def _write_backlog(self) -> None:
         backlog = self._backlog
-        write = self.transport.write  # type: ignore[union-attr]
+        write = self._write
         self._writing = True  # a transport may pause and resume us from inside write()
         try:
             while backlog and not self._paused:
