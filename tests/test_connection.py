@@ -1090,6 +1090,30 @@ def test_repeated_delivery_tag_with_auto_ack_is_not_checked():
 # =========================================================================================
 
 
+def test_reused_properties_are_encoded_as_they_are_now():
+    # The core reuses the encoding of the properties object published last, unless it has
+    # headers (a dict the caller may change between publishes).
+    core, sim = open_connection()
+    sim.open_channel(1)
+    plain = spec.BasicProperties(content_type="text/plain", delivery_mode=2)
+    headers: dict[str, object] = {"n": 1}
+    with_headers = spec.BasicProperties(headers=headers)
+    other = spec_0_8.BasicProperties(priority=3)  # converted to this dialect's class
+    sent = [plain, plain, None, with_headers, with_headers, plain, other, other, None]
+    for i, props in enumerate(sent):
+        if i == 4:
+            headers["n"] = 2
+        core.basic_publish(1, "", "q", b"m%d" % i, props)
+    seen = [(c.properties, c.body) for c in sim.commands()]
+    assert [body for _, body in seen] == [b"m%d" % i for i in range(len(sent))]
+    got = [props for props, _ in seen]
+    assert got[0] == got[1] == got[5] == plain
+    assert got[2] == got[8] == spec.BasicProperties()
+    assert got[3].headers == {"n": 1}
+    assert got[4].headers == {"n": 2}
+    assert got[6] == got[7] == spec.BasicProperties(priority=3)
+
+
 def test_publish_splits_the_body_by_frame_max():
     core, sim = open_connection(server_tune=(2047, 4096, 60))
     sim.open_channel(1)

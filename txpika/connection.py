@@ -69,8 +69,8 @@ from txpika.frames import (
     HeartbeatFrame,
     MethodFrame,
     _NeedData,
-    content_frames,
     encode_method,
+    encoded_content_frames,
 )
 
 __all__ = ["NEED_DATA", "ChannelState", "ConnState", "Connection", "VirtualHostAccessRefused"]
@@ -237,7 +237,9 @@ class Connection:
         self._last_received: float | None = None
         self._last_sent: float | None = None
         self._publish_cache: dict[tuple[int, str, str, bool, bool], bytes] = {}
-        self._empty_properties = dialect.properties[60]()
+        self._empty_payload = dialect.properties[60]().encode()
+        self._last_properties: object = None
+        self._last_payload = b""
         self._publish_cls: Callable[..., Method] = self._m.Basic.Publish
 
     # -- driver side ------------------------------------------------------------------------
@@ -447,10 +449,20 @@ class Connection:
             raise FlowControlError(f"the broker stopped content on channel {channel}")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise UsageError(f"a message body must be bytes, not {type(body).__name__}")
+        # Encoded properties are reused: always for none, and for the same object published
+        # again when it holds nothing mutable (properties are frozen; headers is a dict).
         if properties is None:
-            properties = self._empty_properties
-        elif type(properties) is not self.dialect.properties[60]:
-            properties = self._own_properties(properties)
+            payload = self._empty_payload
+        elif properties is self._last_properties:
+            payload = self._last_payload
+        else:
+            given = properties
+            if type(properties) is not self.dialect.properties[60]:
+                properties = self._own_properties(properties)
+            payload = properties.encode()
+            if properties.headers is None:  # type: ignore[attr-defined]
+                self._last_properties = given
+                self._last_payload = payload
         key = (channel, exchange, routing_key, mandatory, immediate)
         method_frame = self._publish_cache.get(key)
         if method_frame is None:
@@ -460,7 +472,7 @@ class Connection:
                 self._publish_cache.clear()
             self._publish_cache[key] = method_frame
         self._out.extend(
-            content_frames(channel, method_frame, properties, body, self.frame_max)
+            encoded_content_frames(channel, method_frame, 60, payload, body, self.frame_max)
         )
         self._sent = True
         if not ch.confirm_mode:

@@ -457,8 +457,21 @@ def content_frames(
     frame_max: int,
 ) -> list[bytes | memoryview]:
     """Like `encode_content`, from an already encoded method frame."""
+    return encoded_content_frames(channel, method_frame, properties.CLASS_ID,
+                                  properties.encode(), body, frame_max)
+
+
+def encoded_content_frames(
+    channel: int,
+    method_frame: bytes,
+    class_id: int,
+    payload: bytes,
+    body: bytes | bytearray | memoryview,
+    frame_max: int,
+) -> list[bytes | memoryview]:
+    """Like `content_frames`, from already encoded properties (``payload``, of
+    ``class_id``)."""
     size = len(body)
-    payload = properties.encode()
     header_size = len(payload) + 12
     if frame_max:
         if header_size + FRAME_OVERHEAD > frame_max:
@@ -467,8 +480,7 @@ def content_frames(
         chunk = frame_max - FRAME_OVERHEAD
     else:
         chunk = size
-    header = _HEADER_FRAME.pack(FRAME_HEADER, channel, header_size, properties.CLASS_ID, 0,
-                                size)
+    header = _HEADER_FRAME.pack(FRAME_HEADER, channel, header_size, class_id, 0, size)
     if size <= chunk:
         if not size:
             return [b"".join((method_frame, header, payload, _END))]

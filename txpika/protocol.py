@@ -391,8 +391,13 @@ class AMQPProtocol(Protocol):
         they are written drops them (the message is then never sent), and so does the
         ``raise`` flow policy when the broker blocks publishers."""
         unsent = _Unsent(self._core.chunks_to_send(), waiter)
-        self._backlog.append(unsent)
-        if not self._paused and not self._writing:
+        backlog = self._backlog
+        backlog.append(unsent)
+        # While events are dispatched (_drain), what callbacks publish is written in batches
+        # (and the rest once the dispatching is done), as in _flush.
+        if not self._paused and not self._writing and (
+            not self._draining or len(backlog) >= _MAX_DEFERRED_CHUNKS
+        ):
             self._write_backlog()
         return unsent.deferred
 
