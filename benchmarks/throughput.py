@@ -13,7 +13,11 @@ progress stops for ``--stall`` seconds gives up by itself and is reported as FAI
 Libraries (see ``benchmarks/peers/run_*.py``): ``txpika`` (this checkout, Twisted),
 ``pika-twisted`` (pika's ``TwistedProtocolConnection``), ``txamqp`` (txAMQP3, Twisted),
 ``aio-pika`` (asyncio). The three Twisted clients run on Twisted's default reactor (epoll),
-aio-pika on asyncio's default event loop.
+aio-pika on asyncio's default event loop. ``twisted-floor`` (rpc only, n/a elsewhere) is a
+reference, not a client: txpika sets up the rpc scenario, then a bare function splits the
+input into frames and counts reply bodies, and a request encoded once is written with
+``transport.write`` (``peers/run_floor.py``). It shows what the reactor, the kernel and the
+harness cost per round trip; it does not check replies.
 
 Scenarios (counts at ``--count-scale 1``):
 
@@ -82,14 +86,18 @@ from _harness import (
 
 TXAMQP_REQUIREMENT = "txAMQP3==0.9.4"
 
-LIBRARIES = ["txpika", "pika-twisted", "txamqp", "aio-pika"]
+LIBRARIES = ["txpika", "pika-twisted", "txamqp", "aio-pika", "twisted-floor"]
 MODULES = {
     "txpika": "run_txpika",
     "pika-twisted": "run_pika_twisted",
     "txamqp": "run_txamqp",
     "aio-pika": "run_aiopika",
+    "twisted-floor": "run_floor",
 }
 SCENARIOS = ["publish", "publish-confirm", "consume", "rpc", "big"]
+#: pairs that are not run (shown as n/a): the floor is a reference for the rpc scenario only
+UNSUPPORTED = {("twisted-floor", scenario): "reference row for rpc only"
+               for scenario in SCENARIOS if scenario != "rpc"}
 #: scenario -> (count at scale 1, body size, window, prefetch)
 SIZES = {
     "publish": (50_000, 128, 0, 0),
@@ -277,15 +285,19 @@ def run_one(args: argparse.Namespace, admin: Admin, library: str, scenario: str,
     count = scaled(base_count, args.count_scale)
     if scenario == "big" and args.big_count:
         count = args.big_count
+    row: dict[str, Any] = {"scenario": scenario, "library": library, "count": count,
+                           "size": size}
+    if (library, scenario) in UNSUPPORTED:
+        row.update(status="n/a", note=UNSUPPORTED[(library, scenario)])
+        return row
     queue = f"txpika-bench-{scenario}-{library}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    row["queue"] = queue
     params: dict[str, Any] = {
         "library": library, "scenario": scenario, "host": args.host, "port": args.port,
         "user": args.user, "password": args.password, "vhost": args.vhost, "queue": queue,
         "count": count, "size": size, "window": window or 1000, "prefetch": prefetch or 1000,
         "stall": args.stall, "profile": profile, "rpc_queue": "",
     }
-    row: dict[str, Any] = {"scenario": scenario, "library": library, "count": count,
-                           "size": size, "queue": queue}
     server = None
     try:
         if scenario == "rpc":
@@ -302,6 +314,8 @@ def run_one(args: argparse.Namespace, admin: Admin, library: str, scenario: str,
         row.update(result)
         if "status" not in row:
             row["status"], row["note"] = check(admin, scenario, count, queue, row)
+            if library == "twisted-floor" and row["status"] == "ok":
+                row["note"] = "reference: replies not checked"
     except Exception as exc:
         row.update(status="ERROR", note=f"{type(exc).__name__}: {exc}")
     finally:
@@ -360,9 +374,10 @@ def derive(row: dict[str, Any]) -> None:
 
 def pick(attempts: list[dict[str, Any]]) -> dict[str, Any]:
     """One row from the repeats of a pair: a failure if any repeat failed (failures are
-    never hidden by a better repeat), else the repeat with the least CPU per message."""
+    never hidden by a better repeat), else the repeat with the least CPU per message (an
+    n/a pair stays n/a)."""
     for row in attempts:
-        if row.get("status") != "ok":
+        if row.get("status") not in ("ok", "n/a"):
             failed = dict(row)
             if len(attempts) > 1:
                 failed["note"] = (f"{sum(r.get('status') != 'ok' for r in attempts)} of "
@@ -403,9 +418,40 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def print_targets(rows: list[dict[str, Any]]) -> None:
     """txpika's CPU per message against the targets: <= half of pika's Twisted adapter's,
-    below aio-pika's; and peak RSS under 100 MB in the big-message scenario."""
-    print("\nTargets for txpika (CPU per message: <= 0.5 x pika-twisted and < aio-pika):")
+    below aio-pika's; and peak RSS under 100 MB in the big-message scenario. Then the rpc
+    floor (twisted-floor), for reference: never a target, never a failure."""
     by = {(r["scenario"], r["library"]): r for r in rows}
+    has_txpika = any(r["library"] == "txpika" for r in rows)
+    if has_txpika:
+        print_txpika_targets(rows, by)
+    floor = by.get(("rpc", "twisted-floor"))
+    if floor is not None:
+        if not has_txpika:
+            print("\nReference (not a target):")
+        print_floor(floor, by)
+
+
+def print_floor(floor: dict[str, Any], by: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """The bare Twisted client's CPU per rpc round trip, next to pika-twisted's and
+    txpika's."""
+    cpu = floor.get("cpu_us_per_msg")
+    if floor.get("status") != "ok" or cpu is None:
+        print(f"  rpc floor (bare Twisted client): no figure ({floor.get('status')}"
+              + (f": {floor['note']}" if floor.get("note") else "") + ")")
+        return
+    parts = []
+    pika = by.get(("rpc", "pika-twisted"), {}).get("cpu_us_per_msg")
+    if pika:
+        parts.append(f" = {cpu / pika:.2f} x pika-twisted")
+    tx = by.get(("rpc", "txpika"), {}).get("cpu_us_per_msg")
+    if tx:
+        parts.append(f"; txpika = {tx / cpu:.2f} x the floor")
+    print(f"  rpc floor (bare Twisted client): {cpu:,.1f} us/msg" + "".join(parts))
+
+
+def print_txpika_targets(rows: list[dict[str, Any]],
+                         by: dict[tuple[str, str], dict[str, Any]]) -> None:
+    print("\nTargets for txpika (CPU per message: <= 0.5 x pika-twisted and < aio-pika):")
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         tx = by.get((scenario, "txpika"), {}).get("cpu_us_per_msg")
         if tx is None:
@@ -541,7 +587,7 @@ def main() -> None:
     rows = [pick(attempts) for attempts in runs.values()]
     print()
     print_table(rows)
-    if "txpika" in args.libraries:
+    if "txpika" in args.libraries or "twisted-floor" in args.libraries:
         print_targets(rows)
 
     profiles: dict[str, str] = {}

@@ -1,7 +1,8 @@
 """`AMQPProtocol`: the Twisted adapter over the sans-IO core, and `AMQPClientFactory`.
 
 The protocol is thin: ``dataReceived`` feeds the core, events become Deferred results,
-and whatever the core queues is written to the transport. Heartbeats and timeouts run on
+and whatever the core queues is written to the transport (straight to the socket when a TCP
+transport has nothing buffered, see `AMQPProtocol._write`). Heartbeats and timeouts run on
 the injected clock (``IReactorTime``). The protocol registers itself as the transport's
 streaming producer, so publishing waits while the transport is over its high-water mark.
 """

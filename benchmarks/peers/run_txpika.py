@@ -51,9 +51,8 @@ async def publish(p: Params, meter: Meter, confirm: bool) -> dict[str, Any]:
         last = None
         for body in bodies:
             last = basic_publish("", queue, body)
-        # Publishes that found the transport over its high-water mark wait in the channel,
-        # and a later synchronous method does NOT wait behind them (see README: ordering
-        # bug), so wait for the last publish to be handed to the transport first.
+        # Wait until the last publish is handed to the transport (see README: ordering; the
+        # closing round trip would queue behind the publishes anyway).
         if last is not None:
             await last
         out["published"] = p.count
