@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pstats
 import subprocess
 import sys
 from collections.abc import Callable
@@ -120,3 +121,51 @@ def enter_venv(args: argparse.Namespace, script: str, setup_venv: Callable[[], N
         argv = [a for a in sys.argv[1:] if a != "--setup"]
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(script).resolve()),
                                     "--no-reexec", *argv])
+
+
+def install_peers() -> None:
+    """Create benchmarks/.venv if needed and install requirements-peers.txt into it."""
+    if not VENV_PYTHON.exists():
+        print(f"creating {VENV}")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    print(f"installing {REQUIREMENTS.name} into {VENV}")
+    subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
+                   check=True)
+
+
+def print_profile(path: str, top: int) -> None:
+    stats = pstats.Stats(path)
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in entries.values())
+    if not total:
+        print("    (empty profile)")
+        return
+
+    def where(key: tuple[str, int, str]) -> str:
+        filename, line, name = key
+        short = filename
+        for marker in ("/txpika/", "/site-packages/", "/lib/python3"):
+            if marker in filename:
+                short = filename.split(marker, 1)[1]
+                if marker == "/txpika/":
+                    short = "txpika/" + short
+                break
+        return f"{short}:{line}({name})"
+
+    rows = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)
+    own = [(k, v) for k, v in rows if "/txpika/" in k[0]]
+    tx_total = sum(v[2] for _, v in own)
+    print(f"    profiled CPU (cProfile, process time) {total:.3f} s, of it in txpika's own "
+          f"code (tottime) {tx_total:.3f} s ({tx_total / total * 100:.0f}%)")
+    print(f"    top {top} by own time, all code:")
+    for key, (_cc, nc, tt, ct, _callers) in rows[:top]:
+        print(f"      {tt / total * 100:5.1f}%  {tt:7.3f}s own {ct:7.3f}s cum  {nc:9,d} calls  "
+              f"{where(key)}")
+    print(f"    top {top} in txpika, by own time:")
+    for key, (_cc, nc, tt, ct, _callers) in own[:top]:
+        print(f"      {tt / total * 100:5.1f}%  {tt:7.3f}s own {ct:7.3f}s cum  {nc:9,d} calls  "
+              f"{where(key)}")
+    by_cum = sorted(own, key=lambda kv: kv[1][3], reverse=True)[:top]
+    print(f"    top {top} in txpika, by cumulative time:")
+    for key, (_cc, nc, _tt, ct, _callers) in by_cum:
+        print(f"      {ct / total * 100:5.1f}%  {ct:7.3f}s cum  {nc:9,d} calls  {where(key)}")

@@ -15,8 +15,8 @@ Libraries (see ``benchmarks/peers/run_*.py``): ``txpika`` (this checkout, Twiste
 ``aio-pika`` (asyncio). The three Twisted clients run on Twisted's default reactor (epoll),
 aio-pika on asyncio's default event loop. ``twisted-floor`` (rpc only, n/a elsewhere) is a
 reference, not a client: txpika sets up the rpc scenario, then a bare function splits the
-input into frames and counts reply bodies, and a request encoded once is written with
-``transport.write`` (``peers/run_floor.py``). It shows what the reactor, the kernel and the
+input into frames and counts reply bodies, and a request encoded once is written as txpika
+writes (``peers/run_floor.py``). It shows what the reactor, the kernel and the
 harness cost per round trip; it does not check replies.
 
 Scenarios (counts at ``--count-scale 1``):
@@ -60,7 +60,6 @@ import contextlib
 import json
 import os
 import platform
-import pstats
 import signal
 import subprocess
 import sys
@@ -72,14 +71,15 @@ from typing import Any
 
 from _harness import (
     HERE,
-    REQUIREMENTS,
     ROOT,
     VENV,
     VENV_PYTHON,
     byte_compile_txpika,
     enter_venv,
     fmt,
+    install_peers,
     parse_arguments,
+    print_profile,
     scaled,
     txpika_revision,
 )
@@ -471,54 +471,11 @@ def print_txpika_targets(rows: list[dict[str, Any]],
         print(f"  {scenario:16s} " + (", ".join(parts) if parts else "no peer to compare"))
 
 
-def print_profile(path: str, top: int) -> None:
-    stats = pstats.Stats(path)
-    entries = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in entries.values())
-    if not total:
-        print("    (empty profile)")
-        return
-
-    def where(key: tuple[str, int, str]) -> str:
-        filename, line, name = key
-        short = filename
-        for marker in ("/txpika/", "/site-packages/", "/lib/python3"):
-            if marker in filename:
-                short = filename.split(marker, 1)[1]
-                if marker == "/txpika/":
-                    short = "txpika/" + short
-                break
-        return f"{short}:{line}({name})"
-
-    rows = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)
-    own = [(k, v) for k, v in rows if "/txpika/" in k[0]]
-    tx_total = sum(v[2] for _, v in own)
-    print(f"    profiled CPU (cProfile, process time) {total:.3f} s, of it in txpika's own "
-          f"code (tottime) {tx_total:.3f} s ({tx_total / total * 100:.0f}%)")
-    print(f"    top {top} by own time, all code:")
-    for key, (_cc, nc, tt, ct, _callers) in rows[:top]:
-        print(f"      {tt / total * 100:5.1f}%  {tt:7.3f}s own {ct:7.3f}s cum  {nc:9,d} calls  "
-              f"{where(key)}")
-    print(f"    top {top} in txpika, by own time:")
-    for key, (_cc, nc, tt, ct, _callers) in own[:top]:
-        print(f"      {tt / total * 100:5.1f}%  {tt:7.3f}s own {ct:7.3f}s cum  {nc:9,d} calls  "
-              f"{where(key)}")
-    by_cum = sorted(own, key=lambda kv: kv[1][3], reverse=True)[:top]
-    print(f"    top {top} in txpika, by cumulative time:")
-    for key, (_cc, nc, _tt, ct, _callers) in by_cum:
-        print(f"      {ct / total * 100:5.1f}%  {ct:7.3f}s cum  {nc:9,d} calls  {where(key)}")
-
-
 # -- main -----------------------------------------------------------------------------------------
 
 
 def setup_venv() -> None:
-    if not VENV_PYTHON.exists():
-        print(f"creating {VENV}")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    print(f"installing {REQUIREMENTS.name} into {VENV}")
-    subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-                   check=True)
+    install_peers()
     # txAMQP3 pins Twisted~=23.10 (it runs on newer ones): without --no-deps pip would
     # downgrade the Twisted that txpika and pika's adapter are measured on.
     print(f"installing {TXAMQP_REQUIREMENT} (--no-deps) into {VENV}")

@@ -57,18 +57,7 @@ class Message(MessageBase):
         message was settled before, was consumed with ``auto_ack``, or its channel is
         closed (nothing is sent then, so the channel is not killed by a 406).
         """
-        channel = self.channel
-        if (multiple or self._settled or channel is None or channel._error is not None
-                or self.reply_code is not None):
-            return self._settle("ack", multiple=multiple)
-        # The hot path of a consumer, without the generic settle dispatch.
-        try:
-            channel._core.basic_ack(channel.channel_number, self.delivery_tag)
-        except Exception as exc:
-            return fail(exc)
-        self._settled = True
-        channel._protocol._flush()
-        return succeed(None)
+        return self._settle("ack", multiple=multiple)
 
     def nack(self, requeue: bool = True, multiple: bool = False) -> Deferred[None]:
         """Negatively acknowledge this message; fails as `ack` does."""
