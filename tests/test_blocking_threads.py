@@ -133,7 +133,7 @@ def test_threads_share_one_connection_and_one_confirm_channel(
         # Every confirm was consumed exactly once: nothing is left waiting or unclaimed.
         assert not ch._waiting_confirms and not ch._confirms
         core_channel = conn._core._channels[ch.channel_number]
-        assert not core_channel.unconfirmed and core_channel.next_publish_tag == TOTAL + 1
+        assert not core_channel.confirms.unconfirmed and core_channel.confirms.next_tag == TOTAL + 1
         bodies = drain(conn, queue, TOTAL)
         assert conn.is_open
     assert len(bodies) == TOTAL and set(bodies) == expected_bodies(), elapsed

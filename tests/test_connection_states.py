@@ -18,9 +18,8 @@ from brokersim import BrokerSim, drain, open_connection
 from txpika import events as ev
 from txpika import spec, spec_0_8
 from txpika.auth import PlainCredentials
+from txpika._states import CHANNEL_RECEIVES, CONNECTION_RECEIVES
 from txpika.connection import (
-    _CHANNEL_TABLE,
-    _CONNECTION_TABLE,
     ChannelState,
     Connection,
     ConnState,
@@ -53,12 +52,15 @@ CONFIRMS = {"basic.ack", "basic.nack"}
 
 def test_connection_table_is_the_documented_one():
     expected = {(state, name) for state, names in CONNECTION_ACCEPTS.items() for name in names}
-    assert set(_CONNECTION_TABLE) == expected
+    assert {(state, cls.NAME) for state, cls in CONNECTION_RECEIVES} == expected
 
 
 def test_channel_table_is_the_documented_one():
     expected = {(state, name) for state, names in CHANNEL_ACCEPTS.items() for name in names}
-    assert set(_CHANNEL_TABLE) == expected
+    # A closing channel takes only close-ok and a crossing close (and drops the rest).
+    expected |= {(ChannelState.CLOSING, "channel.close"),
+                 (ChannelState.CLOSING, "channel.close-ok")}
+    assert {(state, cls.NAME) for state, cls in CHANNEL_RECEIVES} == expected
 
 
 class ChallengeCredentials(PlainCredentials):

@@ -71,6 +71,7 @@ __all__ = [
     "UnexpectedFrame",
     "UnroutableError",
     "UsageError",
+    "VirtualHostAccessRefused",
     "channel_error",
     "connection_error",
 ]
@@ -241,6 +242,10 @@ class AccessRefused(ChannelClosedByBroker):
 
     Catch this for any refusal of access; ``reply_code`` tells which one happened.
     """
+
+
+class VirtualHostAccessRefused(AccessRefused, NotAllowed):
+    """The broker refused to open the virtual host (``connection.close`` 530)."""
 
 
 class NotFound(ChannelClosedByBroker):
