@@ -72,7 +72,7 @@ class PublishAndConsume:
     def consuming(self, consumer):
         self.consumer = consumer
         # If the consumer ends first (its channel closed, its queue deleted), fail at once.
-        consumer.when_ended().addCallback(self.consumer_ended)
+        consumer.when_closed().addCallback(self.consumer_ended)
         return self.all_received
 
     def consumer_ended(self, _):

@@ -77,7 +77,7 @@ class Worker:
         self.consumer = await channel.basic_consume(self.args.queue, self.handle)
         # The broker cancels the consumer if the queue is deleted; a lost connection or
         # channel ends it too. Either way, stop.
-        self.consumer.when_ended().addCallback(self._consumer_ended)
+        self.consumer.when_closed().addCallback(self._consumer_ended)
         if self.args.timeout:
             self._timer = self.reactor.callLater(
                 self.args.timeout, self.stop, f"{self.args.timeout:g} s passed")

@@ -172,7 +172,7 @@ async def consume_batch(channel: Any, queue: str, first: int, count: int,
         if not all_in.called:
             all_in.errback(consumer.end_reason)
 
-    consumer.when_ended().addCallback(ended)
+    consumer.when_closed().addCallback(ended)
     await all_in
     await consumer.cancel()
     return tally

@@ -52,7 +52,7 @@ class RPCServer:
                                          arguments=QUEUE_ARGUMENTS)
         await self.channel.basic_qos(prefetch_count=self.args.prefetch)
         self.consumer = await self.channel.basic_consume(self.args.queue, self.on_request)
-        self.consumer.when_ended().addCallback(self._consumer_ended)
+        self.consumer.when_closed().addCallback(self._consumer_ended)
         if self.args.timeout:
             self._timer = self.reactor.callLater(
                 self.args.timeout, self.stop, f"{self.args.timeout:g} s passed")

@@ -40,6 +40,7 @@ from txpika.errors import (
     ConnectionClosedByBroker,
     ConnectionClosedByClient,
     ConnectionForced,
+    ConnectionLost,
     ConsumerCancelled,
     FlowControlError,
     HeartbeatTimeout,
@@ -551,7 +552,7 @@ def test_confirmed_publish_returns_on_ack(conn: blocking.BlockingConnection,
     # Not mandatory: an unroutable message is acked too.
     ch.basic_publish("amq.direct", unique("nowhere"), b"dropped", timeout=T)
     assert message_count(conn, queue) == 1
-    assert not ch._waiting_confirms and not ch._confirms
+    assert ch._book.pending_confirms == 0
 
 
 def test_nack_error_from_a_reject_publish_queue(ch: blocking.BlockingChannel) -> None:
@@ -600,7 +601,7 @@ def test_publish_batch_of_5000_returns_5000_outcomes(conn: blocking.BlockingConn
     elapsed = time.monotonic() - started
     assert len(outcomes) == 5000 and outcomes.count(None) == 5000, elapsed
     assert message_count(conn, queue) == 5000
-    assert not ch._waiting_confirms and not ch._confirms
+    assert ch._book.pending_confirms == 0
     # Without confirms: one None per message, as soon as it is written.
     plain = conn.channel(timeout=T)
     assert plain.publish_batch([("", queue, b"p")] * 100, timeout=T) == [None] * 100
@@ -683,12 +684,9 @@ def test_failed_handshake_closes_the_socket(broker_url: str) -> None:
         created.append(sock)
         return sock
 
-    blocking.socket.create_connection = spy  # type: ignore[attr-defined]
-    try:
-        with pytest.raises(AccessRefused):
-            blocking.connect(url)
-    finally:
-        blocking.socket.create_connection = real  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(AccessRefused):
+        patch.setattr(socket, "create_connection", spy)
+        blocking.connect(url)
     assert len(created) == 1 and created[0].fileno() == -1, "the socket was left open"
 
 
@@ -820,8 +818,10 @@ def test_cut_network_raises_from_the_next_call(broker_url: str, proxy: Proxy) ->
     conn = blocking.connect(via(broker_url, proxy.host, proxy.port))
     ch = conn.channel(timeout=T)
     proxy.cut()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionLost) as lost:
         ch.queue_declare("", timeout=T)
+    assert isinstance(lost.value.reason, OSError)  # the socket's error, as the cause
+    assert lost.value.__cause__ is lost.value.reason
     assert not conn.is_open and not ch.is_open
     conn.close(timeout=T)
 
@@ -842,7 +842,7 @@ def test_tiny_timeout_leaves_the_channel_consistent(ch: blocking.BlockingChannel
         if timeouts >= 5 and i >= 20:
             break
     assert timeouts >= 1, "no call timed out at 1 ms; the test proves nothing"
-    assert ch.is_open and not ch._calls
+    assert ch.is_open and ch._book.pending_calls == 0
 
 
 @contextlib.contextmanager
@@ -886,7 +886,7 @@ def test_timed_out_basic_consume_is_cancelled(conn: blocking.BlockingConnection,
         ch.basic_consume(queue, timeout=0.05)
     # The late consume-ok is answered with basic.cancel; what it delivered goes back.
     assert isinstance(ch.basic_qos(prefetch_count=0, timeout=T), spec.Basic.QosOk)
-    assert not ch._consumers
+    assert ch._book.consumer_tags == []
     wait_until(conn, lambda: consumer_count(conn, queue) == 0)
     wait_until(conn, lambda: message_count(conn, queue) == 1)
     message = ch.basic_get(queue, auto_ack=True, timeout=T)
@@ -908,7 +908,7 @@ def test_timed_out_call_then_the_next_call_gets_its_own_reply(
     assert isinstance(ok, spec.Exchange.DeclareOk)
     ok = ch.queue_declare(name, passive=True, timeout=T)
     assert isinstance(ok, spec.Queue.DeclareOk) and ok.queue == name
-    assert not ch._calls
+    assert ch._book.pending_calls == 0
 
 
 def test_publish_timeout_in_confirm_mode(conn: blocking.BlockingConnection,
@@ -921,7 +921,7 @@ def test_publish_timeout_in_confirm_mode(conn: blocking.BlockingConnection,
         ch.publish_batch([("", queue, b"a"), ("", queue, b"b")], timeout=0.05)
     # Their late acks are dropped; the next publish gets its own.
     ch.basic_publish("", queue, b"last", timeout=T)
-    assert not ch._waiting_confirms and not ch._confirms
+    assert ch._book.pending_confirms == 0
     assert ch.queue_declare(queue, passive=True, timeout=T).message_count == 4
     # The real clock too: tiny timeouts either time out or succeed, never mix replies up.
     for _ in range(50):
@@ -961,9 +961,10 @@ def test_input_read_while_a_write_was_stuck_is_dispatched(
     more ever arrives."""
     queue = declare_temp(ch)
     ch.confirm_select(timeout=T)
+    outcome: list[object] = []
     with conn._lock:
-        tag = conn._core.basic_publish(ch.channel_number, "", queue, b"x")
-        ch._waiting_confirms.add(tag)
+        tag = ch._book.publish("", queue, b"x", None, False)
+        ch._book.expect_confirm(tag, outcome.append, outcome.append)
         conn._flush()
     readable, _, _ = select.select([conn._sock], [], [], T)
     assert readable, "no ack within the bound"
@@ -971,9 +972,8 @@ def test_input_read_while_a_write_was_stuck_is_dispatched(
     with conn._lock:
         conn._read_raw()  # what _flush does while the socket is full
     # The broker sends nothing more (heartbeats are a minute away).
-    conn._wait(lambda: tag in ch._confirms, 2)
-    assert ch._confirms.pop(tag) is None
-    ch._waiting_confirms.discard(tag)
+    conn._wait(lambda: bool(outcome), 2)
+    assert outcome == [None]
 
 
 # -- connection.blocked ---------------------------------------------------------------------

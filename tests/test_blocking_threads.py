@@ -131,7 +131,7 @@ def test_threads_share_one_connection_and_one_confirm_channel(
         check_outcomes(outcomes)
         assert conn.is_open and ch.is_open, "the broker closed the connection or channel"
         # Every confirm was consumed exactly once: nothing is left waiting or unclaimed.
-        assert not ch._waiting_confirms and not ch._confirms
+        assert ch._book.pending_confirms == 0
         core_channel = conn._core._channels[ch.channel_number]
         assert not core_channel.confirms.unconfirmed and core_channel.confirms.next_tag == TOTAL + 1
         bodies = drain(conn, queue, TOTAL)
@@ -155,7 +155,7 @@ def test_threads_share_one_connection_with_a_channel_each(broker_url: str,
                         mine.append(exc)
                     else:
                         mine.append(None)
-                assert not ch._waiting_confirms and not ch._confirms
+                assert ch._book.pending_confirms == 0
 
         run_threads(publish)
         check_outcomes(outcomes)
@@ -291,4 +291,4 @@ def test_threads_share_one_channel_for_synchronous_calls(broker_url: str) -> Non
                     assert isinstance(ok, spec.Exchange.DeclareOk)
 
         run_threads(call)
-        assert ch.is_open and conn.is_open and not ch._calls
+        assert ch.is_open and conn.is_open and ch._book.pending_calls == 0

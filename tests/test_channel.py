@@ -28,11 +28,12 @@ from twistedsim import (
 )
 
 from txpika import spec, spec_0_8
-from txpika.channel import Channel
+from txpika.channel import Channel, Message
 from txpika.errors import (
     ChannelClosedByBroker,
     ChannelClosedByClient,
     ConnectionForced,
+    ConnectionLost,
     FlowControlError,
     NackError,
     NotFound,
@@ -42,7 +43,6 @@ from txpika.errors import (
     UnroutableError,
     UsageError,
 )
-from txpika.message import Message
 from txpika.parameters import ConnectionParameters
 
 m = spec
@@ -480,14 +480,14 @@ def test_publish_empty_body(h: Harness, ch: Channel) -> None:
 
 
 def test_publish_waits_while_the_transport_is_paused(h: Harness, ch: Channel) -> None:
-    h.protocol.pauseProducing()
+    h.transport.producer.pauseProducing()
     order: list[int] = []
     ds = [ch.basic_publish("", f"k{i}", b"%d" % i) for i in range(3)]
     for i, d in enumerate(ds):
         no_result(d)
         d.addCallback(lambda _, i=i: order.append(i))
     h.broker.expect_nothing()
-    h.protocol.resumeProducing()
+    h.transport.producer.resumeProducing()
     assert order == [0, 1, 2]
     assert _publishes(h) == [(1, "k0", b"0"), (1, "k1", b"1"), (1, "k2", b"2")]
 
@@ -499,13 +499,13 @@ def test_transport_pausing_in_the_middle_of_a_drain() -> None:
     h = connect(transport=transport)
     ch = h.channel()
     transport.high_water = 100
-    h.protocol.pauseProducing()
+    h.transport.producer.pauseProducing()
     ds = [ch.basic_publish("", f"k{i}", b"x" * 80) for i in range(3)]
     for d in ds:
         no_result(d)
     assert transport.value() == b""
     pauses = transport.pauses
-    h.protocol.resumeProducing()
+    h.transport.producer.resumeProducing()
     # What waited goes out as one write (in order), which pauses the transport again.
     assert transport.pauses == pauses + 1
     for d in ds:
@@ -513,19 +513,19 @@ def test_transport_pausing_in_the_middle_of_a_drain() -> None:
     late = ch.basic_publish("", "late", b"y")
     no_result(late)  # the transport is paused: it waits, behind the others
     assert _publishes(h) == [(1, f"k{i}", b"x" * 80) for i in range(3)]
-    h.protocol.resumeProducing()
+    h.transport.producer.resumeProducing()
     success(late)
     assert _publishes(h) == [(1, "late", b"y")]
 
 
 def test_calls_keep_their_order_behind_publishes_held_for_the_transport(
         h: Harness, ch: Channel) -> None:
-    h.protocol.pauseProducing()
+    h.transport.producer.pauseProducing()
     published = [ch.basic_publish("", "q", str(i).encode()) for i in range(5)]
     declared = ch.queue_declare("q", passive=True)
     committed = ch.tx_select()
     assert h.transport.value() == b""
-    h.protocol.resumeProducing()
+    h.transport.producer.resumeProducing()
     for d in published:
         success(d)
     commands = h.broker.commands()
@@ -555,33 +555,35 @@ def test_calls_keep_their_order_behind_publishes_held_by_flow_control(
 
 
 def test_waiting_publish_times_out_and_is_never_sent(h: Harness, ch: Channel) -> None:
-    h.protocol.pauseProducing()
+    h.transport.producer.pauseProducing()
     d1 = ch.basic_publish("", "k1", b"1", timeout=2)
     d2 = ch.basic_publish("", "k2", b"2")
     h.clock.advance(2)
     failure(d1, defer.TimeoutError)
     no_result(d2)
-    h.protocol.resumeProducing()
+    h.transport.producer.resumeProducing()
     success(d2)
     assert _publishes(h) == [(1, "k2", b"2")]
 
 
 def test_waiting_publish_cancelled_is_never_sent(h: Harness, ch: Channel) -> None:
-    h.protocol.pauseProducing()
+    h.transport.producer.pauseProducing()
     d1 = ch.basic_publish("", "k1", b"1")
     d2 = ch.basic_publish("", "k2", b"2")
     d1.cancel()
     failure(d1, defer.CancelledError)
-    h.protocol.resumeProducing()
+    h.transport.producer.resumeProducing()
     success(d2)
     assert _publishes(h) == [(1, "k2", b"2")]
 
 
 def test_waiting_publish_fails_when_the_connection_is_lost(h: Harness, ch: Channel) -> None:
-    h.protocol.pauseProducing()
+    h.transport.producer.pauseProducing()
     d = ch.basic_publish("", "k", b"x")
     h.lose_uncleanly()
-    failure(d, terror.ConnectionLost)
+    error = failure(d, ConnectionLost)
+    assert isinstance(error.reason, terror.ConnectionLost)
+    assert error.__cause__ is error.reason
     h.broker.expect_nothing()
 
 
@@ -670,7 +672,8 @@ def test_connection_lost_fails_unconfirmed_publishes(h: Harness) -> None:
     h.lose_uncleanly()
     for d in ds[1:]:
         error = failure(d, OutcomeUnknownError)
-        assert isinstance(error.reason, terror.ConnectionLost)
+        assert isinstance(error.reason, ConnectionLost)
+        assert isinstance(error.reason.reason, terror.ConnectionLost)
 
 
 def test_confirm_publish_timeout(h: Harness) -> None:
@@ -744,14 +747,14 @@ def test_channel_opened_while_blocked_with_raise_policy() -> None:
 def test_blocked_with_raise_policy() -> None:
     h = connect(ConnectionParameters(flow_policy="raise"))
     ch = h.channel()
-    h.protocol.pauseProducing()
+    h.transport.producer.pauseProducing()
     waiting = ch.basic_publish("", "w", b"x")  # waits for the transport
     h.broker.send(0, m.Connection.Blocked("disk"))
     failure(waiting, FlowControlError)  # the policy applies to what was waiting too
     d = ch.basic_publish("", "k", b"x")
     error = failure(d, FlowControlError)
     assert "disk" in str(error)
-    h.protocol.resumeProducing()
+    h.transport.producer.resumeProducing()
     h.broker.expect_nothing()
     h.broker.send(0, m.Connection.Unblocked())
     success(ch.basic_publish("", "k", b"x"))
@@ -846,8 +849,8 @@ def test_large_message_is_written_a_batch_at_a_time_while_the_transport_drains()
     transport.clear()
     assert 0 < len(wire) < len(body)  # only the first batch went out
     resumes = 0
-    while h.protocol._paused:
-        h.protocol.resumeProducing()
+    while h.protocol._outbox.paused:
+        h.transport.producer.resumeProducing()
         resumes += 1
         wire += transport.value()
         transport.clear()

@@ -512,10 +512,10 @@ def test_channel_waits_for_the_service_to_be_open() -> None:
 
 # -- connections the service rejected -------------------------------------------------------------
 
-def test_a_rejected_connection_dropping_late_is_not_taken_for_the_current_one() -> None:
-    """The restore fails on connection 1, which is closed (its close-ok comes late); the
-    service retries and opens connection 2. When connection 1's transport finally goes away,
-    the service must not think connection 2 was lost (and open a third beside it)."""
+def test_a_rejected_connection_is_closed_before_the_next_attempt() -> None:
+    """The restore fails on connection 1, which is closed (its close-ok comes late). The
+    service tries again once connection 1 is gone, never beside it, and the loss of
+    connection 1 is not taken for the loss of connection 2."""
     calls: list[object] = []
 
     def setup(channel: object) -> None:
@@ -531,16 +531,18 @@ def test_a_rejected_connection_dropping_late_is_not_taken_for_the_current_one() 
     assert [e for e in logs.events if "setup failed" in str(e.get("error"))]
     first.step(0, m.Connection.Close(200, "Normal shutdown", 0, 0))
     assert sim.service.state == "connecting"
+    sim.advance(5.0)
+    assert sim.pending() == []  # connection 1 is still closing: no second one beside it
+    first.broker.send(0, m.Connection.CloseOk())
+    first.finish_close()
+    assert sim.service.state == "connecting"
     sim.advance(1.0)
     second = sim.accept(restore=False)
     second.open_ok(1)
     second.close_ok(1)
     assert sim.states == ["connecting", "open"]
-    first.broker.send(0, m.Connection.CloseOk())
-    first.finish_close()
     sim.advance(30)
     assert sim.pending() == []
-    assert sim.states == ["connecting", "open"]
     assert success(sim.service.connection()) is second.protocol
     # and the service still sees the loss of connection 2
     second.lose_uncleanly()

@@ -17,8 +17,8 @@ from brokersim import BrokerSim, drain, open_connection
 
 from txpika import events as ev
 from txpika import spec, spec_0_8
-from txpika.auth import PlainCredentials
 from txpika._states import CHANNEL_RECEIVES, CONNECTION_RECEIVES
+from txpika.auth import PlainCredentials
 from txpika.connection import (
     ChannelState,
     Connection,

@@ -23,15 +23,15 @@ from twistedsim import (
 )
 
 from txpika import spec
-from txpika.channel import Channel, Consumer
+from txpika.channel import Channel, Consumer, Message
 from txpika.errors import (
     ChannelClosedByClient,
     ConnectionForced,
+    ConnectionLost,
     ConsumerCancelled,
     NotFound,
     UsageError,
 )
-from txpika.message import Message
 from txpika.parameters import ConnectionParameters
 
 m = spec
@@ -230,7 +230,7 @@ def test_client_cancel_with_buffered_messages(h: Harness, ch: Channel) -> None:
 
 def test_broker_cancel_fails_get_and_async_for(h: Harness, ch: Channel) -> None:
     consumer = _consume(h, ch)
-    ended = consumer.when_ended()
+    ended = consumer.when_closed()
     pending = consumer.get()
     bodies: list[bytes] = []
 
@@ -253,7 +253,7 @@ def test_broker_cancel_fails_get_and_async_for(h: Harness, ch: Channel) -> None:
     error = failure(pending, ConsumerCancelled)
     assert error.consumer_tag == "ctag"
     failure(d, ConsumerCancelled)
-    assert success(ended) is None
+    assert success(ended) is error
     assert not consumer.active and consumer.end_reason is error
     failure(consumer.get(), ConsumerCancelled)
     assert ch.is_open
@@ -275,7 +275,7 @@ def test_broker_cancel_hands_out_buffered_messages_first(h: Harness, ch: Channel
 
 def test_channel_closed_fails_get_with_the_channel_error(h: Harness, ch: Channel) -> None:
     consumer = _consume(h, ch)
-    ended = consumer.when_ended()
+    ended = consumer.when_closed()
     pending = consumer.get()
     bodies: list[bytes] = []
 
@@ -291,7 +291,7 @@ def test_channel_closed_fails_get_with_the_channel_error(h: Harness, ch: Channel
     assert failure(loop, NotFound) is error
     assert failure(consumer.get(), NotFound) is error
     assert consumer.end_reason is error and not consumer.active
-    assert success(ended) is None
+    assert success(ended) is error
     assert bodies == []
 
 
@@ -312,7 +312,8 @@ def test_connection_lost_ends_consumers(h: Harness, ch: Channel) -> None:
     consumer = _consume(h, ch)
     pending = consumer.get()
     h.lose_uncleanly()
-    error = failure(pending, terror.ConnectionLost)
+    error = failure(pending, ConnectionLost)
+    assert isinstance(error.reason, terror.ConnectionLost)
     assert consumer.end_reason is error
 
 

@@ -23,8 +23,8 @@ from twistedsim import (
 )
 
 from txpika import spec
+from txpika.channel import Message
 from txpika.consumer import ConsumerService
-from txpika.message import Message
 
 m = spec
 

@@ -39,6 +39,7 @@ from txpika.errors import (
     ChannelClosedByClient,
     ConnectionClosedByClient,
     ConnectionForced,
+    ConnectionLost,
     HeartbeatTimeout,
     NotAllowed,
     OutcomeUnknownError,
@@ -83,7 +84,7 @@ def _pending_work(h: Harness) -> dict[str, defer.Deferred]:
     for d in work.values():
         no_result(d)
     work["ready"] = h.protocol.ready
-    work["closed"] = h.protocol.closed()
+    work["closed"] = h.protocol.when_closed()
     no_result(work["closed"])
     success(work.pop("ready"))
     return work
@@ -107,7 +108,7 @@ def test_handshake_bytes_then_ready() -> None:
                                   heartbeat=30, channel_max=100, frame_max=65536,
                                   connection_name="worker-1", locale="en_US")
     h = start(params)
-    assert h.transport.producer is h.protocol and h.transport.streaming
+    assert h.transport.producer is not None and h.transport.streaming
     ready1 = h.protocol.ready
     ready2 = h.protocol.ready
     assert ready1 is not ready2
@@ -162,7 +163,7 @@ def test_factory_builds_protocols_with_its_parameters_and_clock() -> None:
 def test_connection_timeout_when_the_peer_is_silent(stage: str) -> None:
     h = start(ConnectionParameters(connection_timeout=5))
     ready = h.protocol.ready
-    closed = h.protocol.closed()
+    closed = h.protocol.when_closed()
     if stage != "await-start":
         send_start(h)
     if stage == "await-open-ok":
@@ -180,7 +181,7 @@ def test_connection_timeout_when_the_peer_is_silent(stage: str) -> None:
     no_result(closed)
     h.lose_uncleanly()
     assert success(closed) is error
-    assert success(h.protocol.closed()) is error
+    assert success(h.protocol.when_closed()) is error
     assert h.clock.getDelayedCalls() == []
 
 
@@ -197,7 +198,7 @@ def test_broker_version_mismatch_fails_ready() -> None:
 def test_bad_credentials_close_403() -> None:
     h = start(ConnectionParameters(password="s3cr3t!"))
     ready = h.protocol.ready
-    closed = h.protocol.closed()
+    closed = h.protocol.when_closed()
     send_start(h)
     h.broker.close_connection(403, "ACCESS_REFUSED - Login was refused using authentication "
                               "mechanism PLAIN")
@@ -219,7 +220,7 @@ def test_bad_credentials_transport_closed_after_start_ok() -> None:
     send_start(h)
     h.lose()
     error = failure(ready, AuthenticationError)
-    assert success(h.protocol.closed()) is error
+    assert success(h.protocol.when_closed()) is error
 
 
 def test_vhost_refused_530_is_access_refused() -> None:
@@ -323,34 +324,37 @@ def test_connection_lost_fails_everything_once() -> None:
     work = _pending_work(h)
     closed = work.pop("closed")
     h.lose_uncleanly()
-    error = _check_failed_with(work, terror.ConnectionLost)
+    error = _check_failed_with(work, ConnectionLost)
+    assert isinstance(error.reason, terror.ConnectionLost)
+    assert error.__cause__ is error.reason
     assert success(closed) is error
-    assert success(h.protocol.closed()) is error
-    failure(h.protocol.ready, terror.ConnectionLost)
-    failure(h.protocol.channel(), terror.ConnectionLost)
+    assert success(h.protocol.when_closed()) is error
+    failure(h.protocol.ready, ConnectionLost)
+    failure(h.protocol.channel(), ConnectionLost)
     assert not h.protocol.is_open
     assert h.clock.getDelayedCalls() == []
     h.broker.expect_nothing()
     # A second report changes nothing.
     h.lose()
-    assert success(h.protocol.closed()) is error
+    assert success(h.protocol.when_closed()) is error
 
 
 def test_connection_lost_during_handshake() -> None:
     h = start()
     ready = h.protocol.ready
-    closed = h.protocol.closed()
+    closed = h.protocol.when_closed()
     h.lose()
-    error = failure(ready, terror.ConnectionDone)
+    error = failure(ready, ConnectionLost)
+    assert isinstance(error.reason, terror.ConnectionDone)
     assert success(closed) is error
     assert h.clock.getDelayedCalls() == []
 
 
 def test_connection_lost_without_reason() -> None:
     h = connect()
-    closed = h.protocol.closed()
+    closed = h.protocol.when_closed()
     h.protocol.connectionLost(None)
-    assert isinstance(success(closed), ConnectionError)
+    assert isinstance(success(closed), ConnectionLost)
 
 
 # -- close -------------------------------------------------------------------------------------
@@ -382,7 +386,7 @@ def test_close_sends_close_and_fires_after_close_ok_and_connection_lost() -> Non
 
 def test_close_with_code() -> None:
     h = connect()
-    closed = h.protocol.closed()
+    closed = h.protocol.when_closed()
     d = h.protocol.close(320, "going away")
     h.expect((0, m.Connection.Close(320, "going away", 0, 0)))
     h.broker.send(0, m.Connection.CloseOk())
@@ -407,7 +411,7 @@ def test_close_timeout_aborts() -> None:
     h.lose_uncleanly()
     assert success(d) is None
     error = failure(rpc, ConnectionClosedByClient)
-    assert success(h.protocol.closed()) is error
+    assert success(h.protocol.when_closed()) is error
 
 
 def test_crossing_close() -> None:
@@ -419,7 +423,7 @@ def test_crossing_close() -> None:
     assert h.transport.disconnecting
     h.lose()
     success(d)
-    assert isinstance(success(h.protocol.closed()), ConnectionClosedByClient)
+    assert isinstance(success(h.protocol.when_closed()), ConnectionClosedByClient)
 
 
 def test_close_during_handshake() -> None:
@@ -476,7 +480,7 @@ def test_protocol_error_from_the_broker() -> None:
     h.clock.advance(CLOSE_TIMEOUT)
     assert h.transport.disconnected
     h.lose_uncleanly()
-    assert success(h.protocol.closed()) is error
+    assert success(h.protocol.when_closed()) is error
 
 
 # -- misc --------------------------------------------------------------------------------------

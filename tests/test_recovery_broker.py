@@ -337,7 +337,7 @@ async def test_blackholed_network_heartbeat_timeout_then_recovery(
     ch, exchange, old_queue, consumer, pub = await _topology(service)
     holding = await within(service.publisher(at_least_once=True), 10)
     conn = await within(service.connection(), 1)
-    lost = conn.closed()
+    lost = conn.when_closed()
 
     proxy.blackhole()
     blackholed_at = time.monotonic()
@@ -410,7 +410,7 @@ async def _failover(node1: PrivateNode, node2: PrivateNode, make_service: Servic
     setups: list[int] = []  # the broker port each setup ran on
 
     async def setup(channel: Any) -> None:
-        setups.append(channel._protocol.transport.getPeer().port)
+        setups.append(channel._port._protocol.transport.getPeer().port)
         await channel.queue_declare(b_queue, durable=False, auto_delete=False)
 
     b = await make_service([node1.url, node2.url], setup=setup)

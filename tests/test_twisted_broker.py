@@ -30,7 +30,7 @@ from twistedhelpers import Opener, failure_of, sleep, unique, within
 
 import txpika
 from txpika import spec, spec_0_8
-from txpika.channel import Channel
+from txpika.channel import Channel, Message
 from txpika.connection import VirtualHostAccessRefused
 from txpika.errors import (
     AccessRefused,
@@ -44,7 +44,6 @@ from txpika.errors import (
     UnroutableError,
     UsageError,
 )
-from txpika.message import Message
 from txpika.protocol import AMQPClientFactory, AMQPProtocol
 
 pytestmark = pytest.mark.broker
@@ -137,14 +136,14 @@ async def check_usable(conn: AMQPProtocol) -> None:
 
 
 async def check_normal_close(conn: AMQPProtocol) -> None:
-    closed = conn.closed()
+    closed = conn.when_closed()
     await within(conn.close(), 15)
     reason = await within(closed, 1)
     assert isinstance(reason, ConnectionClosedByClient)
     assert reason.reply_code == 200
     assert not conn.is_open
     # closed() asked for after the end fires at once with the same reason.
-    assert (await within(conn.closed(), 1)) is reason
+    assert (await within(conn.when_closed(), 1)) is reason
 
 
 @pytest_twisted.ensureDeferred
@@ -330,7 +329,7 @@ async def test_every_channel_method_returns_its_typed_ok(
     ok = await within(ch.basic_cancel(consumer.consumer_tag), 10)
     assert isinstance(ok, spec.Basic.CancelOk) and ok.consumer_tag == consumer.consumer_tag
     assert not consumer.active
-    await within(consumer.when_ended(), 1)
+    await within(consumer.when_closed(), 1)
 
     # transactions (on their own channel: tx and confirms do not mix)
     tx = await within(conn.channel(), 10)
@@ -499,7 +498,7 @@ async def test_closing_a_channel_ends_its_consumers(open_conn: Opener) -> None:
     exc = await failure_of(getting, 1)
     assert isinstance(exc, txpika.ChannelClosedByClient)
     assert not consumer.active and consumer.end_reason is exc
-    await within(consumer.when_ended(), 1)
+    await within(consumer.when_closed(), 1)
     assert await within(consumer.cancel(), 1) is None  # already ended: nothing to do
 
 
@@ -551,7 +550,7 @@ async def test_close_fails_pending_work_with_connection_closed_by_client(
     publish = ch.basic_publish("", q, b"in flight")
     opening = conn.channel()
     await within(conn.close(), 15)
-    reason = await within(conn.closed(), 1)
+    reason = await within(conn.when_closed(), 1)
     assert isinstance(reason, ConnectionClosedByClient) and reason.reply_code == 200
     for d in (getting, rpc, opening):
         assert (await failure_of(d, 1)) is reason
@@ -571,7 +570,7 @@ async def test_handshake_failure_through_the_factory(broker_url: str) -> None:
     protocol = await within(endpoint.connect(AMQPClientFactory(params)), 10)
     exc = await failure_of(protocol.ready, 10)
     assert isinstance(exc, AuthenticationError)
-    assert (await within(protocol.closed(), 10)) is exc
+    assert (await within(protocol.when_closed(), 10)) is exc
     assert (await failure_of(protocol.ready, 1)) is exc  # a new Deferred, failed at once
     assert not protocol.is_open
 
@@ -642,14 +641,14 @@ async def test_auto_ack_consumer_buffer_pauses_and_resumes_reading(open_conn: Op
     await within(gatherResults([ch.basic_publish("", q, b"%d" % i) for i in range(n)]), 10)
     consumer = await within(ch.basic_consume(q, auto_ack=True, max_buffer=20), 10)
     await sleep(0.3)  # the broker pushes everything; reading stops past the buffer bound
-    assert conn._readers_paused  # the transport was paused for this consumer
+    assert conn.reading_paused  # the transport was paused for this consumer
     bodies = []
     for _ in range(n):
         msg = await within(consumer.get(), 10)
         assert msg.settled
         bodies.append(msg.body)
     assert bodies == [b"%d" % i for i in range(n)]
-    assert not conn._readers_paused
+    assert not conn.reading_paused
     await within(consumer.cancel(), 10)
     await check_usable(conn)
 
@@ -682,35 +681,34 @@ async def test_64_mib_message_round_trips_byte_exact(open_conn: Opener) -> None:
 async def test_tcp_transport_reads_more_at_once_only_while_reads_fill_it(
     open_conn: Opener,
 ) -> None:
+    """A large message: after a read that filled Twisted's 64 KiB, the protocol reads on
+    from the socket (its public ISystemHandle) in larger pieces; small messages never do.
+    Twisted's own read size and send limit are left alone."""
+    from twisted.internet import tcp
+
     conn = await open_conn()
     transport = conn.transport
-    assert transport.SEND_LIMIT == AMQPProtocol.send_limit == 524288
-    assert transport.bufferSize == 65536  # Twisted's read size, while reads are small
-    sizes: list[tuple[int, int]] = []
-    received = conn.dataReceived
+    fed: list[int] = []
+    receive = conn._core.receive_data
 
-    def recording(data: bytes) -> None:
-        sizes.append((len(data), transport.bufferSize))
-        received(data)
+    def recording(data: Any) -> None:
+        fed.append(len(data))
+        receive(data)
 
-    conn.dataReceived = recording  # type: ignore[method-assign]
+    conn._core.receive_data = recording  # type: ignore[method-assign]
     ch = await within(conn.channel(), 10)
     q = await fresh_queue(ch)
     await within(ch.confirm_select(), 10)
     await within(ch.basic_publish("", q, b"L" * (4 * 1024 * 1024)), 20)
     msg = await within(ch.basic_get(q, auto_ack=True), 20)
     assert msg is not None and len(msg.body) == 4 * 1024 * 1024
-    # It grew: some reads asked for read_size, and took more than Twisted's 64 KiB.
-    assert any(asked == AMQPProtocol.read_size for _, asked in sizes)
-    assert max(size for size, _ in sizes) > 65536
-    # Small reads again: back to Twisted's size.
+    assert max(fed) > 65536  # it read on, in pieces larger than Twisted's
+    fed.clear()
     await within(ch.basic_publish("", q, b"small"), 10)
     assert (await within(ch.basic_get(q, auto_ack=True), 10)).body == b"small"  # type: ignore[union-attr]
-    assert transport.bufferSize == 65536
-    # Twisted's class defaults are untouched.
-    from twisted.internet import tcp
-    assert tcp.Client.bufferSize == 65536
-    assert tcp.Client.SEND_LIMIT == 131072
+    assert fed and max(fed) < 65536
+    assert transport.bufferSize == tcp.Client.bufferSize == 65536
+    assert transport.SEND_LIMIT == tcp.Client.SEND_LIMIT == 131072
 
 
 @pytest_twisted.ensureDeferred
@@ -749,9 +747,11 @@ async def test_transport_back_pressure_makes_publishes_wait(open_conn: Opener) -
     # is empty (AMQPProtocol._write) soon find it full, and the transport buffers the rest.
     conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
     big = ch.basic_publish("", q, b"B" * (4 * 1024 * 1024))  # over the transport's buffer
-    # Its first batches paused the transport: the rest of it, and what follows, wait.
-    assert not big.called
-    assert conn.transport.producerPaused
+    # Accepted while the transport was below its high-water mark, it fires at once; its
+    # first batches fill the transport, which pushes back: the rest of it, and what
+    # follows, wait.
+    assert big.called
+    assert conn._outbox.paused
     small = [Tracked(ch.basic_publish("", q, b"%d" % i)) for i in range(10)]
     assert [t.fired for t in small] == [0] * 10
     await within(big, 10)
@@ -982,7 +982,7 @@ async def test_broker_cancel_ends_the_consumer_with_consumer_cancelled(
     q = await fresh_queue(ch)
     consumer = await within(ch.basic_consume(q), 10)
     pending = consumer.get()
-    ended = consumer.when_ended()
+    ended = consumer.when_closed()
     other = await within(conn.channel(), 10)
     await within(other.queue_delete(q), 10)
     exc = await failure_of(pending, 10)
@@ -1038,7 +1038,7 @@ async def test_negotiated_heartbeats_keep_an_idle_connection_open(
     conn = await open_conn(with_query(broker_url, "heartbeat=2"))
     assert conn._core.heartbeat == 2
     ended: list[BaseException] = []
-    conn.closed().addCallback(ended.append)
+    conn.when_closed().addCallback(ended.append)
     await sleep(5.0)  # > 2 heartbeat intervals of silence from the application
     assert ended == [] and conn.is_open
     await check_usable(conn)
@@ -1057,7 +1057,7 @@ async def test_paused_reading_does_not_trip_the_heartbeat_timeout(
     await within(gatherResults([ch.basic_publish("", q, b"%d" % i) for i in range(n)]), 10)
     consumer = await within(ch.basic_consume(q, auto_ack=True, max_buffer=10), 10)
     ended: list[BaseException] = []
-    conn.closed().addCallback(ended.append)
+    conn.when_closed().addCallback(ended.append)
     await sleep(3.5)  # the application is busy: more than two heartbeat intervals
     assert ended == [] and conn.is_open
     bodies = [(await within(consumer.get(), 10)).body for _ in range(n)]

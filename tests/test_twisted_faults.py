@@ -28,6 +28,7 @@ from twistedhelpers import Opener, failure_of, sleep, unique, within
 import txpika
 from txpika.errors import (
     ConnectionForced,
+    ConnectionLost,
     FlowControlError,
     HeartbeatTimeout,
     OutcomeUnknownError,
@@ -81,7 +82,7 @@ async def open_conn() -> AsyncIterator[Opener]:
         if conn.transport is not None and not conn._transport_gone:
             # A connection to a dead peer: close would wait for a close-ok that never comes.
             conn.transport.abortConnection()  # type: ignore[attr-defined]
-    await within(DeferredList([c.closed() for c in opened], consumeErrors=True), 10)
+    await within(DeferredList([c.when_closed() for c in opened], consumeErrors=True), 10)
 
 
 def proxied_url(proxy: Proxy, query: str = "") -> str:
@@ -139,7 +140,7 @@ async def test_blackholed_network_ends_with_heartbeat_timeout(
     conn = await open_conn(proxied_url(proxy, "?heartbeat=1"))
     assert conn._core.heartbeat == 1
     work = await PendingWork().start(conn)
-    closed = conn.closed()
+    closed = conn.when_closed()
     proxy.blackhole()
     start = time.monotonic()
     work.issue(conn)
@@ -151,7 +152,7 @@ async def test_blackholed_network_ends_with_heartbeat_timeout(
     assert not conn.is_open
     await work.check_failed_with(reason)
     assert (await failure_of(conn.channel(), 1)) is reason
-    assert (await within(conn.closed(), 1)) is reason
+    assert (await within(conn.when_closed(), 1)) is reason
     await within(conn.close(), 1)  # closing a dead connection is harmless
 
 
@@ -160,11 +161,14 @@ async def test_cut_connection_fails_everything_pending(
         proxy: Proxy, open_conn: Opener) -> None:
     conn = await open_conn(proxied_url(proxy))
     work = await PendingWork().start(conn)
-    closed = conn.closed()
+    closed = conn.when_closed()
     work.issue(conn)  # written to the transport, not yet sent: the reactor runs next
     proxy.cut()
     reason = await within(closed, 5)
-    assert isinstance(reason, TransportClosed), repr(reason)
+    # A txpika error (every way a connection ends is a ConnectionClosed), with the
+    # transport's as its reason and cause.
+    assert isinstance(reason, ConnectionLost), repr(reason)
+    assert isinstance(reason.reason, TransportClosed) and reason.__cause__ is reason.reason
     assert not conn.is_open
     await work.check_failed_with(reason)
 
@@ -200,7 +204,7 @@ async def test_broker_stopped_mid_publish_every_confirm_fires(
     q = unique()
     await within(ch.queue_declare(q, exclusive=True), 10)
     await within(ch.confirm_select(), 10)
-    closed = conn.closed()
+    closed = conn.when_closed()
     tracked: list[Tracked] = []
     window = 300  # unconfirmed publishes in flight at most
     acked_enough: Deferred[None] = Deferred()
@@ -223,7 +227,7 @@ async def test_broker_stopped_mid_publish_every_confirm_fires(
     await within(publishing, 5)
     await within(stopping, 60)
 
-    assert isinstance(reason, (ConnectionForced, TransportClosed)), repr(reason)
+    assert isinstance(reason, (ConnectionForced, ConnectionLost)), repr(reason)
     await sleep(0.1)
     acked = [t for t in tracked if t.fired and t.error is None]
     unknown = [t for t in tracked if isinstance(t.error, OutcomeUnknownError)]
@@ -255,7 +259,7 @@ async def test_broker_closes_the_connection_with_connection_forced(
     await within(ch.queue_declare(q, exclusive=True), 10)
     consumer = await within(ch.basic_consume(q), 10)
     getting = consumer.get()
-    closed = conn.closed()
+    closed = conn.when_closed()
     await within(deferToThread(private_node.close_all_connections, "txpika test closing"), 30)
     reason = await within(closed, 10)
     assert isinstance(reason, ConnectionForced) and reason.reply_code == 320

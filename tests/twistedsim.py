@@ -286,7 +286,7 @@ def start(parameters: ConnectionParameters | None = None,
     protocol = AMQPProtocol(parameters or ConnectionParameters(), clock)
     transport = transport or StringTransport()
     protocol.makeConnection(transport)
-    assert transport.producer is protocol and transport.streaming is True
+    assert transport.producer is not None and transport.streaming is True
     broker = TwistedBroker(protocol, transport)
     assert broker.read() == []
     expected = HEADER_0_8 if protocol.dialect == "0-8" else HEADER_0_9_1

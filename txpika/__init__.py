@@ -21,6 +21,7 @@ from txpika.errors import (
     ConnectionClosed,
     ConnectionClosedByBroker,
     ConnectionClosedByClient,
+    ConnectionLost,
     ConnectionRecovering,
     ConsumerCancelled,
     FlowControlError,
@@ -40,11 +41,9 @@ from txpika.spec import BasicProperties
 
 if TYPE_CHECKING:
     from txpika._connect import connect
-    from txpika._consumer import Consumer
-    from txpika.channel import Channel
-    from txpika.client import AMQPService
+    from txpika.channel import Channel, Consumer, Message
+    from txpika.client import AMQPService, ServiceState
     from txpika.consumer import ConsumerService
-    from txpika.message import Message
     from txpika.protocol import AMQPClientFactory, AMQPProtocol
     from txpika.publisher import Publisher
     from txpika.robust import RobustChannel, RobustConsumer
@@ -52,12 +51,13 @@ if TYPE_CHECKING:
 #: Public names that live in Twisted-dependent modules: name -> module.
 _LAZY = {
     "connect": "txpika._connect",
-    "Consumer": "txpika._consumer",
+    "Consumer": "txpika.channel",
     "Channel": "txpika.channel",
-    "Message": "txpika.message",
+    "Message": "txpika.channel",
     "AMQPClientFactory": "txpika.protocol",
     "AMQPProtocol": "txpika.protocol",
     "AMQPService": "txpika.client",
+    "ServiceState": "txpika.client",
     "ConsumerService": "txpika.consumer",
     "Publisher": "txpika.publisher",
     "RobustChannel": "txpika.robust",
@@ -91,6 +91,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedByBroker",
     "ConnectionClosedByClient",
+    "ConnectionLost",
     "ConnectionParameters",
     "ConnectionRecovering",
     "Consumer",
@@ -111,6 +112,7 @@ __all__ = [
     "ResourceLocked",
     "RobustChannel",
     "RobustConsumer",
+    "ServiceState",
     "ServiceStopped",
     "UnroutableError",
     "UsageError",

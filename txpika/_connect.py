@@ -6,32 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ConnectionClosed as TransportClosed
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from txpika.parameters import ConnectionParameters, InvalidParameter, parse_url
+from txpika.errors import ConnectionLost
+from txpika.parameters import ConnectionParameters, InvalidParameter, parameters_for
 from txpika.protocol import AMQPClientFactory, AMQPProtocol
 
 __all__ = ["connect", "endpoint_for"]
-
-
-def _parameters(target: str | ConnectionParameters, overrides: dict[str, Any]
-                ) -> ConnectionParameters:
-    if isinstance(target, ConnectionParameters):
-        return target.replace(**overrides) if overrides else target
-    if not isinstance(target, str):
-        raise InvalidParameter(
-            f"connect() takes a URL, ConnectionParameters or endpoint description, not "
-            f"{type(target).__name__}")
-    lowered = target.lower()
-    if lowered.startswith(("amqp://", "amqps://")) or "://" in target:
-        # parse_url refuses any other scheme (http://...): no endpoint description has "://".
-        return parse_url(target, **overrides)
-    if ":" not in target:
-        raise InvalidParameter(
-            "connect() target must be an amqp:// or amqps:// URL or a Twisted endpoint "
-            "description such as 'tcp:localhost:5672'")
-    return ConnectionParameters(endpoint=target).replace(**overrides)
 
 
 def endpoint_for(reactor: Any, parameters: ConnectionParameters) -> IStreamClientEndpoint:
@@ -58,6 +41,17 @@ def endpoint_for(reactor: Any, parameters: ConnectionParameters) -> IStreamClien
     return endpoint
 
 
+def _tls_failure(failure: Any) -> Any:
+    """A TLS handshake that failed (a certificate refused, a protocol mismatch) ends the
+    transport before the AMQP handshake: connect() fails with the TLS error itself, not the
+    `txpika.errors.ConnectionLost` that wraps it for everything else."""
+    error = failure.value
+    if isinstance(error, ConnectionLost) and error.reason is not None and not isinstance(
+            error.reason, TransportClosed):
+        raise error.reason
+    return failure
+
+
 def connect(reactor: Any, target: str | ConnectionParameters = "amqp://localhost/",
             **overrides: Any) -> Deferred[AMQPProtocol]:
     """Connect and complete the AMQP handshake.
@@ -74,7 +68,7 @@ def connect(reactor: Any, target: str | ConnectionParameters = "amqp://localhost
     from twisted.internet.defer import fail
 
     try:
-        parameters = _parameters(target, overrides)
+        parameters = parameters_for(target, overrides)
         endpoint = endpoint_for(reactor, parameters)
     except Exception as exc:
         return fail(exc)
@@ -82,7 +76,7 @@ def connect(reactor: Any, target: str | ConnectionParameters = "amqp://localhost
     connecting: Deferred[AMQPProtocol] = endpoint.connect(factory)  # type: ignore[assignment]
 
     def handshake(protocol: AMQPProtocol) -> Deferred[AMQPProtocol]:
-        return protocol.ready
+        return protocol.ready.addErrback(_tls_failure)
 
     d = connecting.addCallback(handshake)
 

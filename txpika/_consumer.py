@@ -1,32 +1,50 @@
-"""`Consumer`: the handle ``Channel.basic_consume`` fires with (push or pull style)."""
+"""The consumer with Deferreds: the base of `txpika.Consumer` (push or pull style).
+
+`txpika.channel.Consumer` (exported as ``txpika.Consumer``) is this class with its
+``channel`` and messages typed as the Twisted channel's.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 
+from txpika._delivery import MessageBase
 from txpika.errors import ConsumerCancelled
-from txpika.message import Message
 
-if TYPE_CHECKING:
-    from txpika.channel import Channel
-
-__all__ = ["Consumer", "MessageCallback"]
+__all__ = ["ConsumerBase", "MessageCallback", "Reading"]
 
 log = Logger()
 
+M = TypeVar("M", bound=MessageBase)
+
 #: A push consumer's callback: may return None, a Deferred or a coroutine.
-MessageCallback = Callable[[Message], "Deferred[Any] | Coroutine[Any, Any, Any] | None"]
+MessageCallback = Callable[[M], "Deferred[Any] | Coroutine[Any, Any, Any] | None"]
 
 
-class Consumer:
+class Reading(Protocol):
+    """The connection's reading, which a consumer with a full buffer pauses."""
+
+    def pause_reading(self, who: object) -> None:
+        """Stop reading from the transport until every pauser resumed."""
+
+    def resume_reading(self, who: object) -> None:
+        """``who`` no longer needs reading paused."""
+
+
+class _Cancels(Protocol):
+    def basic_cancel(self, consumer_tag: str, timeout: float | None = None
+                     ) -> Deferred[Any]: ...
+
+
+class ConsumerBase(Generic[M]):
     """A consumer on a queue.
 
-    Push style: the callback given to ``basic_consume`` is called with each `Message`; a
+    Push style: the callback given to ``basic_consume`` is called with each message; a
     failure it raises, or its Deferred or coroutine ends with, is logged with the delivery
     tag. Pull style: `get` and ``async for``. The buffer of undelivered messages is bounded
     by the channel's prefetch (``basic_qos``); with ``auto_ack`` there is no prefetch, so
@@ -39,27 +57,25 @@ class Consumer:
     closes (both fail with that error). Messages already buffered are still handed out first.
     """
 
-    def __init__(
-        self,
-        channel: Channel,
-        consumer_tag: str,
-        queue: str,
-        callback: MessageCallback | None,
-        auto_ack: bool,
-        max_buffer: int | None = None,
-    ) -> None:
+    channel: Any
+
+    def __init__(self, channel: _Cancels, consumer_tag: str, queue: str,
+                 callback: Callable[[M], object] | None, auto_ack: bool,
+                 reading: Reading, max_buffer: int | None = None) -> None:
         self.channel = channel
+        self._cancels = channel
         self.consumer_tag = consumer_tag
         self.queue = queue
         self.auto_ack = auto_ack
         self._callback = callback
-        self._buffer: deque[Message] = deque()
-        self._getters: deque[Deferred[Message]] = deque()
+        self._reading = reading
+        self._buffer: deque[M] = deque()
+        self._getters: deque[Deferred[M]] = deque()
         self._ended: BaseException | None = None
         self._normal_end = False
         self._max_buffer = max_buffer or 1000
         self._paused = False
-        self._done: list[Deferred[None]] = []
+        self._watchers: list[Deferred[BaseException]] = []
 
     def __repr__(self) -> str:
         return f"<Consumer {self.consumer_tag!r} on {self.queue!r}>"
@@ -69,45 +85,54 @@ class Consumer:
         """True until the consumer is cancelled or its channel closes."""
         return self._ended is None
 
-    def cancel(self) -> Deferred[None]:
-        """Send ``basic.cancel``. Fires with ``None`` once the broker confirmed (or at once if
-        the consumer already ended)."""
-        if self._ended is not None:
-            return succeed(None)
-        d = self.channel.basic_cancel(self.consumer_tag)
-        d.addCallback(lambda ok: None)
-        return d
-
-    def when_ended(self) -> Deferred[None]:
-        """Fires with ``None`` when the consumer ends for any reason."""
-        if self._ended is not None:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._done.append(d)
-        return d
-
     @property
     def end_reason(self) -> BaseException | None:
         """Why the consumer ended, or ``None`` while it is active."""
         return self._ended
 
-    def get(self) -> Deferred[Message]:
+    @property
+    def cancelled_by_client(self) -> bool:
+        """True if it ended because this client cancelled it (or closed its channel or
+        connection): a normal end, after which ``async for`` stops quietly."""
+        return self._normal_end
+
+    def cancel(self) -> Deferred[None]:
+        """Send ``basic.cancel``. Fires with ``None`` once the broker confirmed (or at once if
+        the consumer already ended); fails as the channel's calls do."""
+        if self._ended is not None:
+            return succeed(None)
+        d: Deferred[None] = self._cancels.basic_cancel(self.consumer_tag).addCallback(
+            lambda ok: None)
+        return d
+
+    def when_closed(self) -> Deferred[BaseException]:
+        """A new Deferred that fires (never fails) with why the consumer ended:
+        `txpika.errors.ConsumerCancelled` when this client or the broker cancelled it, or
+        the error that closed its channel or connection."""
+        if self._ended is not None:
+            return succeed(self._ended)
+        d: Deferred[BaseException] = Deferred()
+        self._watchers.append(d)
+        return d
+
+    def get(self) -> Deferred[M]:
         """The next message. Fails with `txpika.errors.ConsumerCancelled` (or the channel's
         error) once the consumer ended and its buffer is empty."""
         if self._buffer:
             message = self._buffer.popleft()
-            self._maybe_resume()
+            if self._paused:
+                self._maybe_resume()
             return succeed(message)
         if self._ended is not None:
             return fail(self._ended)
-        d: Deferred[Message] = Deferred(self._forget_getter)
+        d: Deferred[M] = Deferred(self._forget_getter)
         self._getters.append(d)
         return d
 
-    def __aiter__(self) -> Consumer:
+    def __aiter__(self) -> ConsumerBase[M]:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> M:
         if not self._buffer and self._ended is not None and self._normal_end:
             raise StopAsyncIteration
         try:
@@ -117,13 +142,9 @@ class Consumer:
                 raise StopAsyncIteration from None
             raise
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- from the channel book (txpika._chanbook.ConsumerEntry) -----------------------------
 
-    def _forget_getter(self, d: Deferred[Message]) -> None:
-        if d in self._getters:
-            self._getters.remove(d)
-
-    def _deliver(self, message: Message) -> None:
+    def _deliver(self, message: M) -> None:
         if self._callback is not None:
             _run_callback(self._callback, message)
             return
@@ -133,37 +154,38 @@ class Consumer:
         self._buffer.append(message)
         if len(self._buffer) > self._max_buffer and not self._paused:
             self._paused = True
-            self.channel._protocol._pause_reading(self)
+            self._reading.pause_reading(self)
 
-    def _maybe_resume(self) -> None:
-        if self._paused and len(self._buffer) <= self._max_buffer // 2:
-            self._paused = False
-            self.channel._protocol._resume_reading(self)
-
-    def _cancelled_by_broker(self) -> None:
-        log.warn("consumer {tag} on queue {queue!r} was cancelled by the broker",
-                 tag=self.consumer_tag, queue=self.queue)
-        self._end(ConsumerCancelled(self.consumer_tag))
-
-    def _end(self, error: BaseException | None) -> None:
+    def _end(self, error: BaseException, normal: bool) -> None:
         if self._ended is not None:
             return
-        if error is None:
-            self._normal_end = True
-            error = ConsumerCancelled(self.consumer_tag, "was cancelled by this client")
+        # Only a cancel by this client ends iteration quietly; a channel this client
+        # closed fails pending gets with its error (they asked for a message).
+        self._normal_end = normal and isinstance(error, ConsumerCancelled)
         self._ended = error
         getters, self._getters = self._getters, deque()
         for d in getters:
             d.errback(error)
         if self._paused:
             self._paused = False
-            self.channel._protocol._resume_reading(self)
-        done, self._done = self._done, []
-        for d2 in done:
-            d2.callback(None)
+            self._reading.resume_reading(self)
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.callback(error)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _forget_getter(self, d: Deferred[M]) -> None:
+        if d in self._getters:
+            self._getters.remove(d)
+
+    def _maybe_resume(self) -> None:
+        if len(self._buffer) <= self._max_buffer // 2:
+            self._paused = False
+            self._reading.resume_reading(self)
 
 
-def _run_callback(callback: MessageCallback, message: Message) -> None:
+def _run_callback(callback: Callable[[Any], object], message: MessageBase) -> None:
     try:
         result: object = callback(message)
     except Exception:

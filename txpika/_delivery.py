@@ -1,13 +1,25 @@
-"""What a message is, for both drivers: `txpika.message.Message` (Twisted, Deferreds) and
-`txpika.blocking.Message` (results directly) add ``ack``/``nack``/``reject``. No Twisted."""
+"""What a message is, for every adapter: `MessageBase`, built by the channel book.
+
+The Twisted `txpika.message.Message` (Deferreds), the blocking adapter's message (results
+directly) and the asyncio adapter's add ``ack``/``nack``/``reject`` on top. No I/O library.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from txpika.errors import UsageError
 
-__all__ = ["MessageBase"]
+__all__ = ["MessageBase", "Settler"]
+
+
+class Settler(Protocol):
+    """What settles a delivery: the channel book it came from."""
+
+    def settle(self, how: str, delivery_tag: int, multiple: bool = False,
+               requeue: bool = True) -> None:
+        """Send ``basic.ack``/``nack``/``reject``; raises `UsageError` (nothing sent) if the
+        delivery cannot be settled."""
 
 
 class MessageBase:
@@ -15,10 +27,12 @@ class MessageBase:
     returned (``basic.return``).
 
     ``body`` is bytes and ``properties`` a ``BasicProperties``. ``message_count`` is set for
-    fetched messages, ``reply_code`` and ``reply_text`` for returned ones.
+    fetched messages, ``reply_code`` and ``reply_text`` for returned ones. ``channel`` is
+    the adapter's channel it came on (``None`` for a returned message).
     """
 
     __slots__ = (
+        "_book",
         "_settled",
         "body",
         "channel",
@@ -34,8 +48,9 @@ class MessageBase:
     )
 
     def __init__(self, channel: Any, method: Any, properties: Any, body: bytes,
-                 auto_ack: bool = False) -> None:
+                 auto_ack: bool = False, book: Settler | None = None) -> None:
         self.channel = channel
+        self._book = book
         self.properties = properties
         self.body = body
         self.exchange: str = method.exchange
@@ -48,6 +63,26 @@ class MessageBase:
         self.reply_text: str | None = getattr(method, "reply_text", None)
         # Returned messages and auto-acked deliveries cannot be settled.
         self._settled = auto_ack or self.reply_code is not None
+
+    @classmethod
+    def _from_delivery(cls, channel: Any, book: Settler, method: Any, properties: Any,
+                       body: bytes, auto_ack: bool) -> Any:
+        """A ``basic.deliver``: the hot path, without the generic lookups of __init__."""
+        self = cls.__new__(cls)
+        self.channel = channel
+        self._book = book
+        self.properties = properties
+        self.body = body
+        self.exchange = method.exchange
+        self.routing_key = method.routing_key
+        self.delivery_tag = method.delivery_tag
+        self.redelivered = method.redelivered
+        self.consumer_tag = method.consumer_tag
+        self.message_count = None
+        self.reply_code = None
+        self.reply_text = None
+        self._settled = auto_ack
+        return self
 
     def __repr__(self) -> str:
         return (
@@ -62,8 +97,14 @@ class MessageBase:
 
     def _may_settle(self) -> None:
         """Raise `UsageError` (nothing is sent) if this message cannot be settled now."""
-        if self.channel is None or self.reply_code is not None:
+        if self._book is None or self.reply_code is not None:
             raise UsageError("a returned message cannot be acked")
         if self._settled:
             raise UsageError(
                 f"delivery {self.delivery_tag} was already settled or consumed with auto_ack")
+
+    def _settle(self, how: str, multiple: bool = False, requeue: bool = True) -> None:
+        """Settle through the channel book; raises `UsageError` if it cannot be."""
+        self._may_settle()
+        self._book.settle(how, self.delivery_tag, multiple, requeue)  # type: ignore[union-attr]
+        self._settled = True

@@ -1,8 +1,10 @@
 """`AMQPService`: a connection that recovers, as an explicit, observable state.
 
-Built on Twisted's ``ClientService``: a backoff retry policy with jitter, an injected
-clock, and a ``prepareConnection`` step that waits for the AMQP handshake and then restores
-what the application had set up. With several brokers (the nodes of a cluster) every
+Built on Twisted's ``ClientService`` and its public interface only: it keeps one
+connection, with a backoff retry policy with jitter and an injected clock. The service
+follows each new connection's AMQP handshake and then restores what the application had set
+up; a connection whose handshake or restore fails is closed, which ClientService takes as a
+lost connection and retries. With several brokers (the nodes of a cluster) every
 connection attempt goes to the next one in turn, so losing a node moves the service on.
 
 States (``service.state``; listeners get every change):
@@ -26,35 +28,48 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txpika._connect import _parameters, endpoint_for
+from txpika._connect import endpoint_for
+from txpika._topology import Topology
 from txpika.errors import ConnectionRecovering, ServiceStopped
-from txpika.parameters import ConnectionParameters
+from txpika.parameters import ConnectionParameters, parameters_for
 from txpika.protocol import AMQPProtocol
-from txpika.robust import RobustChannel, Topology
+from txpika.robust import RobustChannel
 
 if TYPE_CHECKING:
     from txpika.channel import Channel
     from txpika.publisher import Publisher
 
-__all__ = ["AMQPService"]
+__all__ = ["AMQPService", "ServiceState"]
 
 log = Logger()
 
-CLOSED = "closed"
-CONNECTING = "connecting"
-OPEN = "open"
-BLOCKED = "blocked"
-RECOVERING = "recovering"
+
+class ServiceState(StrEnum):
+    """Where a reconnecting service stands (equal to its string value)."""
+
+    CLOSED = "closed"
+    CONNECTING = "connecting"
+    OPEN = "open"
+    BLOCKED = "blocked"
+    RECOVERING = "recovering"
+
+
+CLOSED = ServiceState.CLOSED
+CONNECTING = ServiceState.CONNECTING
+OPEN = ServiceState.OPEN
+BLOCKED = ServiceState.BLOCKED
+RECOVERING = ServiceState.RECOVERING
 
 #: How long stopService waits for the broker's close-ok before dropping the connection.
 STOP_TIMEOUT = 10.0
@@ -63,14 +78,17 @@ Setup = Callable[["Channel"], object]
 
 
 class _Factory(Factory):
-    """Builds protocols for the broker the rotating endpoint is connecting to now."""
+    """Builds a protocol for the broker the rotating endpoint is connecting to now, and
+    hands it to the service, which follows its handshake and restores it."""
 
     def __init__(self, service: AMQPService) -> None:
         self.service = service
 
     def buildProtocol(self, addr: Any) -> AMQPProtocol:
-        proto = AMQPProtocol(self.service._attempt, self.service.clock)
+        service = self.service
+        proto = AMQPProtocol(service._attempt, service.clock)
         proto.factory = self
+        service._follow(proto, service._attempt)
         return proto
 
 
@@ -94,6 +112,7 @@ class _RotatingEndpoint:
             return fail(exc)
         d: Deferred[Any] = endpoint.connect(protocolFactory)
         d.addTimeout(parameters.connection_timeout + 1, service.clock)
+        d.addErrback(service._attempt_failed)
         return d
 
 
@@ -107,9 +126,10 @@ class AMQPService(Service):
     ``brokers`` is a URL, `ConnectionParameters` or endpoint description, or a list of them
     (tried in turn); ``overrides`` apply to each. ``setup(channel)`` (optional; may return
     a Deferred or a coroutine) runs on a fresh channel of every new connection instead of
-    the recorded topology. ``retry_policy`` maps the number of failed attempts in a row to
-    the delay before the next (default: exponential backoff, 1 s, 2 s, 4 s ... up to
-    30 s, each plus up to 1 s of jitter). ``clock`` defaults to ``reactor``.
+    the recorded topology. ``retry_policy`` maps the number of failed attempts in a row
+    (refused connections and failed handshakes alike) to the delay before the next
+    (default: exponential backoff, 1 s, 2 s, 4 s ... up to 30 s, each plus up to 1 s of
+    jitter). ``clock`` defaults to ``reactor``.
     """
 
     def __init__(
@@ -128,23 +148,26 @@ class AMQPService(Service):
             raise ValueError("AMQPService needs at least one broker")
         self.reactor = reactor
         self.clock: IReactorTime = clock or reactor
-        self.brokers = [_parameters(t, overrides) for t in targets]
+        self.brokers = [parameters_for(t, overrides) for t in targets]
         self.setup = setup
         self.topology = Topology()
         self._attempt = self.brokers[0]
         self._state = CLOSED
-        self._listeners: list[Callable[[str], object]] = []
+        self._listeners: list[Callable[[ServiceState], object]] = []
         self._protocol: AMQPProtocol | None = None
+        self._connecting: AMQPProtocol | None = None  # being opened and restored
         self._broker: ConnectionParameters | None = None
         self._waiters: list[Deferred[AMQPProtocol]] = []
         self._channels: list[RobustChannel] = []
         self._ever_open = False
-        #: Services using this connection (consumers): stopped, and drained, first.
-        self._dependents: list[Service] = []
-        policy = retry_policy or _jitter_policy(random.random)
+        self._failures = 0  # attempts that failed in a row (see _retry_delay)
+        self._dependents: list[IService] = []
+        self._closed_watchers: list[Deferred[BaseException]] = []
+        self._stopping = False
+        self._policy = retry_policy or _jitter_policy(random.random)
         self._client = ClientService(
-            _RotatingEndpoint(self), _Factory(self), retryPolicy=policy, clock=self.clock,
-            prepareConnection=self._prepare)
+            _RotatingEndpoint(self), _Factory(self), retryPolicy=self._retry_delay,
+            clock=self.clock)
 
     def __repr__(self) -> str:
         return f"<AMQPService {self._state} {self.current_broker or '-'}>"
@@ -152,8 +175,9 @@ class AMQPService(Service):
     # -- observation -------------------------------------------------------------------------
 
     @property
-    def state(self) -> str:
-        """``"closed"``, ``"connecting"``, ``"open"``, ``"blocked"`` or ``"recovering"``."""
+    def state(self) -> ServiceState:
+        """`ServiceState`: ``"closed"``, ``"connecting"``, ``"open"``, ``"blocked"`` or
+        ``"recovering"``."""
         return self._state
 
     @property
@@ -161,17 +185,31 @@ class AMQPService(Service):
         """The broker of the open connection (URL without password), or ``None``."""
         return self._broker.describe() if self._broker is not None else None
 
-    def add_state_listener(self, callback: Callable[[str], object]) -> None:
+    def add_state_listener(self, callback: Callable[[ServiceState], object]) -> None:
         """Call ``callback(state)`` in the same turn as every change of `state`."""
         self._listeners.append(callback)
 
-    def remove_state_listener(self, callback: Callable[[str], object]) -> None:
+    def remove_state_listener(self, callback: Callable[[ServiceState], object]) -> None:
         """Stop calling ``callback``."""
         self._listeners.remove(callback)
 
     def add_queue_rename_listener(self, callback: Callable[[str, str], object]) -> None:
         """Call ``callback(old_name, new_name)`` when a server-named queue is redeclared."""
         self.topology.rename_listeners.append(callback)
+
+    def add_dependent(self, service: IService) -> None:
+        """Stop ``service`` (a consumer using this connection), and wait for it, before the
+        connection is closed in `stopService`."""
+        self._dependents.append(service)
+
+    def when_closed(self) -> Deferred[BaseException]:
+        """A new Deferred that fires (never fails) with `txpika.errors.ServiceStopped` once
+        the service stopped and its connection closed (at once if it is not running)."""
+        if not self.running and not self._stopping:
+            return succeed(ServiceStopped("the service is not running"))
+        d: Deferred[BaseException] = Deferred()
+        self._closed_watchers.append(d)
+        return d
 
     # -- use -------------------------------------------------------------------------------
 
@@ -198,21 +236,22 @@ class AMQPService(Service):
         confirm mode and consumers, on every new connection. Fires once it is open; fails
         like `connection` (it waits for the service to be open)."""
         def opened(protocol: AMQPProtocol) -> Deferred[RobustChannel]:
-            robust = RobustChannel(self)
+            robust = RobustChannel(self, on_close=self._forget)
             self._channels.append(robust)
 
             def failed(failure: Any) -> Any:
                 self._forget(robust)  # nobody holds it: never reopen it
                 return failure
 
-            return robust._attach(protocol).addCallbacks(lambda _: robust, failed)
+            return robust.attach(protocol).addCallbacks(lambda _: robust, failed)
 
         return self.connection().addCallback(opened)
 
     def publisher(self, *, at_least_once: bool = False, max_pending: int = 10000
                   ) -> Deferred[Publisher]:
         """A started `txpika.publisher.Publisher` on this service (confirms on; with
-        ``at_least_once`` it holds and republishes unconfirmed messages after recovery)."""
+        ``at_least_once`` it holds and republishes unconfirmed messages after recovery).
+        Fires once its channel is open; fails like `channel`."""
         from txpika.publisher import Publisher
 
         return Publisher(self, at_least_once=at_least_once, max_pending=max_pending).start()
@@ -234,35 +273,54 @@ class AMQPService(Service):
         """Close the connection cleanly (bounded by `STOP_TIMEOUT`) and stop reconnecting.
         Fires with ``None``; pending `connection` waiters fail with `ServiceStopped`."""
         super().stopService()  # type: ignore[no-untyped-call]
-        dependents = [maybeDeferred(service.stopService) for service in self._dependents
-                      if service.running or getattr(service, "_stop_d", None) is not None]
+        self._stopping = True
+        dependents = [maybeDeferred(service.stopService) for service in self._dependents]
         drained: Deferred[Any] = DeferredList(dependents, consumeErrors=True)
         return drained.addCallback(lambda _: self._close())
 
     def _close(self) -> Deferred[None]:
-        protocol, self._protocol = self._protocol, None
+        # The open connection, or the one being restored: closed cleanly either way.
+        protocol = self._protocol or self._connecting
+        self._protocol = self._connecting = None
         self._broker = None
         self._set_state(CLOSED)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(ServiceStopped("the service stopped"))
         for robust in list(self._channels):
-            robust._service_stopped(ServiceStopped("the service stopped"))
+            robust.service_stopped(ServiceStopped("the service stopped"))
         closing: Deferred[Any] = succeed(None)
         if protocol is not None and protocol.is_open:
             closing = protocol.close()
             closing.addTimeout(STOP_TIMEOUT, self.clock)
             closing.addErrback(lambda f: None)
-        return closing.addCallback(lambda _: self._client.stopService()).addCallback(
-            lambda _: None)
+
+        def stopped(_: object) -> None:
+            self._stopping = False
+            watchers, self._closed_watchers = self._closed_watchers, []
+            for watcher in watchers:
+                watcher.callback(ServiceStopped("the service stopped"))
+
+        return closing.addCallback(lambda _: self._client.stopService()).addCallback(stopped)
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _set_state(self, state: str) -> None:
+    def _retry_delay(self, attempt: int) -> float:
+        # ClientService counts the attempts that failed since its last connection, but a
+        # connection whose handshake or restore failed counts as made for it: the service
+        # counts every failure in a row itself (a refused connection, a failed handshake or
+        # restore, and the loss of an open connection that starts a recovery).
+        return self._policy(max(1, self._failures))
+
+    def _attempt_failed(self, failure: Any) -> Any:
+        self._failures += 1
+        return failure
+
+    def _set_state(self, state: ServiceState) -> None:
         if state == self._state:
             return
         self._state = state
-        log.info("AMQP service {state} ({broker})", state=state,
+        log.info("AMQP service {state} ({broker})", state=state.value,
                  broker=self.current_broker or self._attempt.describe())
         for listener in list(self._listeners):
             try:
@@ -270,42 +328,46 @@ class AMQPService(Service):
             except Exception:
                 log.failure("state listener {listener} failed", listener=listener)
 
-    def _prepare(self, proxy: Any) -> Deferred[None]:
-        protocol: AMQPProtocol = getattr(proxy, "_protocol", proxy)
-        broker = self._attempt
-
+    def _follow(self, protocol: AMQPProtocol, broker: ConnectionParameters) -> None:
+        """A new connection's protocol: once its handshake is done, restore what was set
+        up, then it is the service's connection. If either fails, it is closed, and
+        ClientService, which sees a connection lost, tries again after its policy's delay
+        (`_retry_delay`), once the rejected connection is gone: never beside it."""
         def restore(_: Any) -> Deferred[None]:
             return maybeDeferred(self._restore, protocol)
 
+        self._connecting = protocol
+
         def ready(_: Any) -> None:
+            if self._connecting is protocol:
+                self._connecting = None
             if not self.running or not protocol.is_open:
                 raise ConnectionRecovering("the connection was lost while restoring it")
+            self._failures = 0
             self._protocol = protocol
             self._broker = broker
             self._ever_open = True
-            protocol.closed().addCallback(self._lost, protocol)
+            protocol.when_closed().addCallback(self._lost, protocol)
             protocol.add_flow_listener(self._flow)
             self._set_state(BLOCKED if protocol.is_blocked else OPEN)
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.callback(protocol)
 
-        def failed(failure: Any) -> Any:
+        def failed(failure: Any) -> None:
+            if self._connecting is protocol:
+                self._connecting = None
+            if not self.running:
+                return
+            self._failures += 1
             log.warn("could not open {broker}: {error}", broker=broker.describe(),
                      error=failure.value)
-            # ClientService forgets a connection it rejects, yet would still be told when it
-            # drops: a notice its state machine has no transition for (NoTransition raised
-            # from connectionLost), or, once the next connection is up, one it takes for the
-            # loss of that one. Silence it, and make sure the rejected connection goes away.
-            if hasattr(proxy, "_lostNotification"):
-                proxy._lostNotification = lambda reason: None
-            if protocol.transport is not None and protocol.is_open:
+            if protocol.is_open:
                 protocol.close()
-            elif not protocol._losing:
-                protocol._abort()  # e.g. stopped during the handshake
-            return failure
+            else:
+                protocol.abort()
 
-        return protocol.ready.addCallback(restore).addCallback(ready).addErrback(failed)
+        protocol.ready.addCallback(restore).addCallback(ready).addErrback(failed)
 
     def _restore(self, protocol: AMQPProtocol) -> Deferred[None]:
         from twisted.internet.defer import ensureDeferred
@@ -321,7 +383,7 @@ class AMQPService(Service):
             if channel.is_open:
                 await channel.close()
             for robust in list(self._channels):
-                await robust._attach(protocol)
+                await robust.attach(protocol)
             self.topology.forget_renames()
 
         return ensureDeferred(run())
@@ -331,8 +393,9 @@ class AMQPService(Service):
             return
         self._protocol = None
         self._broker = None
+        self._failures = 1
         for robust in self._channels:
-            robust._detach(error)
+            robust.detach()
         if self.running:
             log.warn("connection lost ({error}); recovering", error=error)
             self._set_state(RECOVERING)

@@ -247,6 +247,15 @@ class Connection(CoreRequests):
         self.state = _CLOSED
         self._report_closed(error)
 
+    def abort(self, error: BaseException) -> None:
+        """The driver ends the connection itself (a handshake that took too long): emits
+        `events.ConnectionClosed` with ``error``, unless already closed. The driver then
+        drops the transport; nothing more is sent."""
+        if self.state is not _CLOSED:
+            self.state = _CLOSED
+            self._out.clear()
+            self._report_closed(error)
+
     def heartbeat_tick(self, now: float, reading_paused: bool = False) -> float | None:
         """Send a heartbeat if one is due and detect a dead peer.
 

@@ -33,8 +33,8 @@ from twisted.internet.defer import (
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from txpika.channel import Message
 from txpika.client import AMQPService
-from txpika.message import Message
 from txpika.robust import RobustChannel, RobustConsumer
 
 __all__ = ["ConsumerService", "Handler"]
@@ -90,7 +90,7 @@ class ConsumerService(Service):
         self._starting: Deferred[Any] | None = None
         self._stop_d: Deferred[None] | None = None
         # The AMQP service waits for our drain before it closes the connection.
-        service._dependents.append(self)
+        service.add_dependent(self)
         #: Counts, for monitoring: handled (acked), failed, dropped acks.
         self.stats = {"acked": 0, "failed": 0, "stale_acks": 0}
 
@@ -141,7 +141,7 @@ class ConsumerService(Service):
                 self._consumer = await channel.basic_consume(self.queue, self._on_message,
                                                              on_cancel="reconsume")
                 self._channel = channel
-                self._consumer.when_ended().addCallback(self._consumer_ended,
+                self._consumer.when_closed().addCallback(self._consumer_ended,
                                                         self._consumer)
                 log.info("consuming {queue!r} (prefetch {prefetch}, concurrency "
                          "{concurrency})", queue=self.queue, prefetch=self.prefetch,

@@ -10,6 +10,7 @@ The hierarchy::
      |    |        ChannelError 504, UnexpectedFrame 505, ResourceError 506,
      |    |        NotAllowed 530, NotImplemented_ 540, InternalError 541
      |    +-- ConnectionClosedByClient
+     |    +-- ConnectionLost          the transport went away without connection.close
      |    +-- ProtocolError          the peer broke the protocol; carries the code we sent
      |    +-- HeartbeatTimeout
      |    +-- AuthenticationError
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectionClosedByBroker",
     "ConnectionClosedByClient",
     "ConnectionForced",
+    "ConnectionLost",
     "ConnectionRecovering",
     "ConsumerCancelled",
     "ContentTooLarge",
@@ -146,6 +148,20 @@ class ConnectionClosedByBroker(ConnectionClosed):
 
 class ConnectionClosedByClient(ConnectionClosed):
     """This client closed the connection; a normal close has reply code 200."""
+
+
+class ConnectionLost(ConnectionClosed):
+    """The transport went away without ``connection.close``: a reset, an end of stream, a
+    cut network. ``reason`` is the transport's exception (also the ``__cause__``);
+    ``reply_code`` is 0, since no AMQP close was exchanged."""
+
+    def __init__(self, reason: BaseException | None = None, text: str = "") -> None:
+        super().__init__(0, text or f"connection lost: {reason or 'the transport closed'}")
+        self.reason = reason
+        self.__cause__ = reason
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.reason, self.reply_text))
 
 
 class ChannelClosed(_Closed):

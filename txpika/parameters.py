@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from txpika.auth import AMQPlainCredentials, Credentials, ExternalCredentials, PlainCredentials
 from txpika.errors import UsageError
 
-__all__ = ["ConnectionParameters", "InvalidParameter", "parse_url"]
+__all__ = ["ConnectionParameters", "InvalidParameter", "parameters_for", "parse_url"]
 
 _MECHANISMS = {"PLAIN", "AMQPLAIN", "EXTERNAL"}
 _PROTOCOLS = {"0-9-1", "0-8"}
@@ -261,3 +261,36 @@ def parse_url(url: str, **overrides: Any) -> ConnectionParameters:
         return ConnectionParameters(**values)
     except TypeError as exc:
         raise InvalidParameter(f"unknown connection parameter: {exc}") from None
+
+
+def parameters_for(target: str | ConnectionParameters, overrides: Mapping[str, Any] | None = None,
+                   *, endpoints: bool = True) -> ConnectionParameters:
+    """The parameters a connect target names, with ``overrides`` applied.
+
+    ``target`` is an ``amqp://``/``amqps://`` URL, a `ConnectionParameters`, or (with
+    ``endpoints``, for the Twisted adapter) a Twisted client endpoint description such as
+    ``tcp:localhost:5672``. Raises `InvalidParameter` naming what is wrong.
+    """
+    changes = dict(overrides or {})
+    if isinstance(target, ConnectionParameters):
+        parameters = target.replace(**changes) if changes else target
+    elif not isinstance(target, str):
+        raise InvalidParameter(
+            "connect() takes a URL, ConnectionParameters"
+            f"{' or endpoint description' if endpoints else ''}, not {type(target).__name__}")
+    elif "://" in target:
+        # parse_url refuses any other scheme (http://...): no endpoint description has "://".
+        parameters = parse_url(target, **changes)
+    elif not endpoints:
+        raise InvalidParameter("endpoint descriptions need Twisted; give this adapter an "
+                               "amqp:// or amqps:// URL")
+    elif ":" not in target:
+        raise InvalidParameter(
+            "connect() target must be an amqp:// or amqps:// URL or a Twisted endpoint "
+            "description such as 'tcp:localhost:5672'")
+    else:
+        parameters = ConnectionParameters(endpoint=target).replace(**changes)
+    if parameters.endpoint and not endpoints:
+        raise InvalidParameter("endpoint descriptions need Twisted; give this adapter an "
+                               "amqp:// or amqps:// URL")
+    return parameters

@@ -19,25 +19,41 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from txpika.errors import (
+    AMQPError,
+    ChannelClosed,
+    ConnectionClosed,
     ConnectionRecovering,
     FlowControlError,
     OutcomeUnknownError,
     ServiceStopped,
 )
+from txpika.robust import RobustChannel
+from txpika.spec import BasicProperties
 
-if TYPE_CHECKING:
-    from txpika.client import AMQPService
-    from txpika.robust import RobustChannel
-
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "PublishingService"]
 
 log = Logger()
+
+
+class PublishingService(Protocol):
+    """What a publisher needs of its service (`txpika.client.AMQPService`)."""
+
+    @property
+    def state(self) -> str:
+        """The service's state (``"closed"``, ``"open"``, ...)."""
+
+    def add_state_listener(self, callback: Callable[[Any], object]) -> None:
+        """Call ``callback(state)`` on every change of state."""
+
+    def channel(self) -> Deferred[RobustChannel]:
+        """A robust channel, once the service is open."""
 
 
 class _Pending:
@@ -56,7 +72,7 @@ class Publisher:
     Call `start` (or use `txpika.client.AMQPService.publisher`) before publishing.
     """
 
-    def __init__(self, service: AMQPService, *, at_least_once: bool = False,
+    def __init__(self, service: PublishingService, *, at_least_once: bool = False,
                  max_pending: int = 10000) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -85,12 +101,13 @@ class Publisher:
         def opened(channel: RobustChannel) -> Deferred[Publisher]:
             self._channel = channel
             # reopened after a channel error: the service stays open, so no state change
-            channel._attached_listeners.append(self._reopened)
+            channel.add_reopen_listener(self._reopened)
             return channel.confirm_select().addCallback(lambda _: self)
 
         return self.service.channel().addCallback(opened)
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, properties: Any = None,
+    def publish(self, exchange: str, routing_key: str, body: bytes,
+                properties: BasicProperties | None = None,
                 mandatory: bool = False) -> Deferred[None]:
         """Publish with confirms; see the module docstring for how it fires and fails."""
         args = (exchange, routing_key, body, properties, mandatory)
@@ -179,15 +196,9 @@ def _retriable(error: BaseException) -> bool:
     NackError, UnroutableError, UsageError and a channel the broker closed (for example a
     missing exchange) are definite answers and are never retried.
     """
-    from twisted.internet.error import ConnectionClosed as TransportClosed
-
-    from txpika.errors import AMQPError, ChannelClosed, ConnectionClosed
-
     if isinstance(error, OutcomeUnknownError):
         reason = error.reason
         return not isinstance(reason, ChannelClosed)
     if isinstance(error, (ConnectionRecovering, ConnectionClosed)):
         return True
-    if isinstance(error, AMQPError):
-        return False
-    return isinstance(error, (TransportClosed, ConnectionError))
+    return not isinstance(error, AMQPError) and isinstance(error, ConnectionError)

@@ -19,8 +19,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from txpika._connect import _parameters
-from txpika.parameters import ConnectionParameters
+from txpika.parameters import ConnectionParameters, parameters_for
 
 __all__ = ["Options", "makeService"]
 
@@ -103,7 +102,7 @@ class Options(usage.Options):
             if self[option]:
                 overrides[option] = self[option]
         try:
-            return _parameters(url, overrides)
+            return parameters_for(url, overrides)
         except Exception as exc:
             raise usage.UsageError(f"--url: {exc}") from None
 

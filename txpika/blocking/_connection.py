@@ -1,0 +1,130 @@
+"""`BlockingConnection`: an AMQP connection over a plain (or TLS) socket, no reactor.
+
+The public half; the socket loop is `txpika.blocking._io.SocketLoop`, the events go through
+the same session and channel books as every other adapter (`txpika._session`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from txpika._requests import Requests
+from txpika._session import Session, core_for
+from txpika.blocking._channel import BlockingChannel, Message
+from txpika.blocking._io import SocketLoop
+from txpika.blocking._log import log
+from txpika.connection import ConnState
+from txpika.parameters import ConnectionParameters
+
+__all__ = ["BlockingConnection"]
+
+
+class BlockingConnection(SocketLoop):
+    """An AMQP connection over a plain (or TLS) socket; see `txpika.blocking`.
+
+    Opened by the constructor (or `txpika.blocking.connect`): it returns once
+    ``connection.open-ok`` arrived, or raises as `txpika.blocking.connect` says.
+    """
+
+    def __init__(self, parameters: ConnectionParameters) -> None:
+        self.parameters = p = parameters
+        self._core = core_for(parameters)
+        self._requests = Requests(self._core.dialect)
+        self._session = Session(self._core, flush=self._flush, log=log,
+                                on_closed=self._closed)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._reading = False
+        self._waiters = 0
+        self._raw_pending = False
+        self._dispatching = False
+        self._error: BaseException | None = None
+        self._callbacks: deque[Any] = deque()
+        self._next_tick: float | None = None
+        self._setup_socket()
+        with self._lock:
+            self._core.initiate()
+            self._flush()
+        try:
+            self._wait(lambda: self._core.is_open or self._error is not None,
+                       p.connection_timeout)
+            if self._error is not None:
+                raise self._error
+        except TimeoutError:
+            self._sock.close()
+            raise TimeoutError(f"no AMQP handshake with {p.describe()} within "
+                               f"{p.connection_timeout:g} s") from None
+        except BaseException:
+            self._sock_close()  # refused (credentials, vhost) or lost: no socket left open
+            raise
+        self._next_tick = self._core.heartbeat_tick(time.monotonic())
+
+    def __repr__(self) -> str:
+        return f"<BlockingConnection {self.parameters.describe()} {self._core.state.value}>"
+
+    def __enter__(self) -> BlockingConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _closed(self, error: BaseException) -> None:
+        self._error = error
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True while the connection is open."""
+        return self._core.is_open
+
+    @property
+    def is_blocked(self) -> bool:
+        """True while the broker blocks publishers."""
+        return self._core.blocked
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """What the broker said about itself."""
+        return dict(self._core.server_properties)
+
+    def channel(self, timeout: float | None = None) -> BlockingChannel:
+        """Open a channel; raises the connection's error, `txpika.errors.UsageError` (no
+        free channel), the broker's refusal, or ``TimeoutError``."""
+        opened: list[BaseException | None] = []
+        with self._lock:
+            self._check()
+            channel = self._session.open_channel(
+                lambda book: BlockingChannel(self, book, self._requests), Message,
+                lambda _: opened.append(None), opened.append)
+        self._wait(lambda: bool(opened), timeout)
+        if opened[0] is not None:
+            raise opened[0]
+        return channel
+
+    def process_data_events(self, time_limit: float = 0) -> None:
+        """Service the connection for up to ``time_limit`` seconds: read what arrived,
+        run consumer callbacks, send and check heartbeats. Raises the connection's error
+        once it is closed."""
+        self._wait(lambda: False, time_limit, raise_timeout=False, run_callbacks=True)
+        self._check()
+
+    def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown",
+              timeout: float = 10.0) -> None:
+        """Close the connection cleanly (bounded by ``timeout``); closing twice is fine."""
+        with self._lock:
+            if self._core.state is ConnState.CLOSED:
+                self._sock_close()
+                return
+            self._core.close(reply_code, reply_text)
+            self._process()
+            self._flush()
+        with contextlib.suppress(TimeoutError):
+            self._wait(lambda: self._core.state is ConnState.CLOSED, timeout,
+                       raise_errors=False)
+        with self._lock:
+            self._sock_close()
