@@ -343,7 +343,8 @@ def open_connection(
         assert start_ok.response == b"\0" + creds.username.encode() + b"\0" + (
             creds._password.encode())
     elif isinstance(creds, AMQPlainCredentials):
-        from txpika._wire import decode_table, encode_table
+        from txpika._wire import decode_table
+        from txpika._wire_encode import encode_table
 
         table, _end = decode_table(len(start_ok.response).to_bytes(4, "big")
                                   + start_ok.response, 0)

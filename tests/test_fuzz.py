@@ -1,18 +1,18 @@
-"""Bounded-time fuzzing of the frame decoder and of the sans-IO connection core.
+"""Bounded fuzzing of the frame decoder and of the sans-IO connection core.
 
-Deterministic (a fixed `random.Random` seed) and bounded (about 3 seconds in all): random bytes
-and mutated valid frames (bit flips, truncations, insertions, deletions, length-field changes,
-splices of the fixtures in tests/frame_fixtures.py) go into `FrameDecoder` and into an open
-`Connection`. The decoder may only return frames or NEED_DATA, or raise `FrameDecodeError`;
-the connection core may only return events or NEED_DATA and must never raise. Every call must
-return promptly. tools/fuzz_frames.py runs the same kind of inputs for millions of runs.
+Deterministic (a fixed `random.Random` seed and a fixed number of inputs, so the same inputs
+on a fast machine and a busy one): random bytes and mutated valid frames (bit flips,
+truncations, insertions, deletions, length-field changes, splices of the fixtures in
+tests/frame_fixtures.py) go into `FrameDecoder` and into an open `Connection`. The decoder
+may only return frames or NEED_DATA, or raise `FrameDecodeError`; the connection core may
+only return events or NEED_DATA and must never raise. A call that never returns is caught
+by the test timeout. tools/fuzz_frames.py runs the same kind of inputs for millions of runs.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -43,10 +43,9 @@ from txpika.frames import (
 )
 
 SEED = 0x7A9B1CA
-DECODER_SECONDS = 1.2
-CONNECTION_SECONDS = 1.4
-#: A single next_frame()/next_event() call slower than this fails the test.
-SLOW_CALL = 0.5
+#: Inputs per fuzz test (about a second each on a 2-core CI machine).
+DECODER_INPUTS = 20000
+CONNECTION_INPUTS = 6000
 EVENT_TYPES = tuple(getattr(events, name) for name in events.__all__ if name != "Event")
 
 
@@ -68,7 +67,6 @@ class Stats:
     inputs: int = 0
     frames: int = 0
     errors: dict[int, int] = field(default_factory=dict)
-    slowest: float = 0.0
 
 
 def feed_decoder(dialect: str, frame_max: int, parts: list[bytes], stats: Stats) -> None:
@@ -80,18 +78,15 @@ def feed_decoder(dialect: str, frame_max: int, parts: list[bytes], stats: Stats)
     for part in parts:
         dec.receive_data(part)
         while True:
-            started = time.perf_counter()
             try:
                 frame = dec.next_frame()
             except FrameDecodeError as exc:
-                stats.slowest = max(stats.slowest, time.perf_counter() - started)
                 assert exc.reply_code in (501, 502, 503), exc
                 stats.errors[exc.reply_code] = stats.errors.get(exc.reply_code, 0) + 1
                 with pytest.raises(FrameDecodeError) as again:
                     dec.next_frame()
                 assert again.value is exc
                 return
-            stats.slowest = max(stats.slowest, time.perf_counter() - started)
             if frame is NEED_DATA:
                 break
             stats.frames += 1
@@ -117,8 +112,7 @@ def test_fuzz_frame_decoder() -> None:
     # Inputs that look like the other dialect's frames are mutated too.
     everything = [f.data for f in FIXTURES]
     stats = Stats()
-    deadline = time.perf_counter() + DECODER_SECONDS
-    while time.perf_counter() < deadline:
+    while stats.inputs < DECODER_INPUTS:
         dialect = rng.choice(list(DIALECTS))
         pool = pools[dialect] if rng.random() < 0.8 else everything
         kind = rng.random()
@@ -140,26 +134,24 @@ def test_fuzz_frame_decoder() -> None:
             _fail(f"decoder raised {type(exc).__name__}, not FrameDecodeError", dialect, parts)
         stats.inputs += 1
     print(stats)  # shown with pytest -s
-    assert stats.inputs >= 2000, stats
+    # What the inputs reached (fixed by the seed): frames, and every kind of decode error.
     assert stats.frames >= 1000, stats
     assert set(stats.errors) == {501, 502, 503}, stats
-    assert stats.slowest < SLOW_CALL, stats
 
 
 def test_fuzz_decoder_announced_sizes_do_not_allocate() -> None:
     # Headers announcing huge frames, alone and with a little payload: with a frame_max they
-    # fail on the header; each call stays fast either way.
+    # fail on the header, before any payload is buffered.
     rng = random.Random(SEED + 1)
     for _ in range(2000):
         size = rng.choice([2**32 - 1, 2**31, 2**30, 131065, rng.randrange(2**32)])
         data = bytes([rng.choice([1, 2, 3, 8])]) + b"\x00\x01" + struct.pack(">I", size)
         dec = FrameDecoder(DIALECTS["0-9-1"], 131072)
         dec.receive_data(data + b"\x00" * rng.randint(0, 32))
-        started = time.perf_counter()
         with pytest.raises(FrameDecodeError) as info:
             dec.next_frame()
-        assert time.perf_counter() - started < SLOW_CALL
         assert info.value.reply_code == 501
+        assert dec.buffered <= 7 + 32  # nothing allocated for the announced size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +178,6 @@ class CoreStats:
     sessions: int = 0
     events: dict[str, int] = field(default_factory=dict)
     protocol_errors: dict[int, int] = field(default_factory=dict)
-    slowest: float = 0.0
 
 
 def test_fuzz_connection_core() -> None:
@@ -194,11 +185,10 @@ def test_fuzz_connection_core() -> None:
     stats = CoreStats()
     corpora = {d: server_corpus(d) for d in DIALECTS}
     acceptable = {d: server_corpus(d, fixtures=False) for d in DIALECTS}
-    deadline = time.perf_counter() + CONNECTION_SECONDS
     conn = None
     history: list[bytes] = []
     dialect = "0-9-1"
-    while time.perf_counter() < deadline:
+    while stats.inputs < CONNECTION_INPUTS:
         if conn is None or conn.state is ConnState.CLOSED or len(history) > 40:
             dialect = rng.choice(list(DIALECTS))
             conn, _ = open_connection(dialect, consume=True, confirm=dialect == "0-9-1")
@@ -218,9 +208,7 @@ def test_fuzz_connection_core() -> None:
             try:
                 conn.receive_data(part)
                 while True:
-                    started = time.perf_counter()
                     event = conn.next_event()
-                    stats.slowest = max(stats.slowest, time.perf_counter() - started)
                     if event is NEED_DATA:
                         break
                     assert isinstance(event, EVENT_TYPES), event
@@ -246,12 +234,11 @@ def test_fuzz_connection_core() -> None:
             conn.data_to_send()
         stats.inputs += 1
     print(stats)  # shown with pytest -s
-    assert stats.inputs >= 300, stats
+    # What the inputs reached (fixed by the seed).
     assert stats.sessions >= 20, stats
     assert stats.events.get("MessageReceived", 0) >= 20, stats
     assert stats.events.get("ConnectionClosed", 0) >= 20, stats
     assert {501, 502, 503} <= set(stats.protocol_errors), stats
-    assert stats.slowest < SLOW_CALL, stats
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""The codec and the sans-IO core import nothing from Twisted or zope (DESIGN.md, section 1).
+"""The layers of txpika: imports point one way, and the lower ones import no Twisted or zope.
+
+The allowed-edges table (`LAYER_OF`, `MAY_IMPORT`, at the end) places every module in a layer
+and says which layers each may import from; `TYPE_CHECKING` and function-level imports
+count, and no two modules may import each other, directly or around a circle.
+
+The codec, the sans-IO core and the channel layer import nothing from Twisted or zope
+(DESIGN.md, section 1).
 
 Two checks per module:
 
@@ -31,11 +38,24 @@ PACKAGE_DIR = ROOT / "txpika"
 
 CORE_MODULES = [
     "txpika._wire",
+    "txpika._wire_encode",
     "txpika.errors",
     "txpika.spec",
     "txpika.spec_0_8",
     "txpika.frames",
     "txpika.connection",
+    # the rest of the core, and the channel layer every adapter shares
+    "txpika._states",
+    "txpika._core_channel",
+    "txpika._core_requests",
+    "txpika._content",
+    "txpika._confirms",
+    "txpika._handshake",
+    "txpika._requests",
+    "txpika._delivery",
+    "txpika._chanbook",
+    "txpika._session",
+    "txpika._outbox",
 ]
 #: The blocking adapter and the Twisted-free modules it shares with the Twisted layer.
 BLOCKING_MODULES = [
@@ -251,3 +271,176 @@ def test_using_the_blocking_adapter_imports_no_twisted_or_zope() -> None:
         f"using txpika.blocking loaded {result['forbidden']}: the blocking adapter must not "
         "import Twisted or zope (DESIGN.md section 8)"
     )
+
+
+# -- the one-way house: an allowed-edges table ------------------------------------------------
+
+#: Every txpika module and its layer. A new module must be placed here.
+LAYER_OF: dict[str, str] = {
+    # codec: wire types, the generated spec, frames, errors
+    "txpika.errors": "codec",
+    "txpika._tags": "codec",
+    "txpika._wire": "codec",
+    "txpika._wire_encode": "codec",
+    "txpika._specbase": "codec",
+    "txpika.spec": "codec",
+    "txpika.spec_0_8": "codec",
+    "txpika.frames": "codec",
+    # the sans-IO core (and the Twisted-free parameters every adapter takes)
+    "txpika.auth": "core",
+    "txpika.events": "core",
+    "txpika._states": "core",
+    "txpika._confirms": "core",
+    "txpika._content": "core",
+    "txpika._handshake": "core",
+    "txpika._core_channel": "core",
+    "txpika._core_requests": "core",
+    "txpika.connection": "core",
+    "txpika.parameters": "core",
+    # the channel layer, written once for every adapter
+    "txpika._requests": "channels",
+    "txpika._delivery": "channels",
+    "txpika._chanbook": "channels",
+    "txpika._session": "channels",
+    "txpika._outbox": "channels",
+    # adapters: Twisted, and blocking (siblings: neither imports the other)
+    "txpika._transport": "twisted",
+    "txpika._tls": "twisted",
+    "txpika.message": "twisted",
+    "txpika._consumer": "twisted",
+    "txpika.channel": "twisted",
+    "txpika.protocol": "twisted",
+    "txpika._connect": "twisted",
+    "txpika.blocking": "blocking",
+    "txpika.blocking._io": "blocking",
+    "txpika.blocking._log": "blocking",
+    "txpika.blocking._connection": "blocking",
+    "txpika.blocking._api": "blocking",
+    # recovery and the consumer service
+    "txpika._topology": "service",
+    "txpika.robust": "service",
+    "txpika.publisher": "service",
+    "txpika.client": "service",
+    "txpika.consumer": "service",
+    # twistd
+    "txpika.tap": "daemon",
+    # the package itself: the public names, re-exported (Twisted's lazily)
+    "txpika": "package",
+}
+
+#: Layer -> the layers its modules may import from (besides its own).
+MAY_IMPORT: dict[str, set[str]] = {
+    "codec": set(),
+    "core": {"codec"},
+    "channels": {"codec", "core"},
+    "twisted": {"codec", "core", "channels"},
+    "blocking": {"codec", "core", "channels"},
+    "service": {"codec", "core", "channels", "twisted"},
+    "daemon": {"codec", "core", "channels", "twisted", "service"},
+    "package": {"codec", "core", "channels", "twisted", "service"},
+}
+
+
+def _txpika_modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names.append(".".join(parts))
+    return names
+
+
+def _edges() -> dict[str, set[str]]:
+    """module -> the txpika modules it imports (TYPE_CHECKING and function-level
+    imports included)."""
+    known = set(_txpika_modules())
+    edges: dict[str, set[str]] = {}
+    for module in known:
+        by_line: dict[int, list[str]] = {}
+        for line, imported in _static_imports(_module_file(module), module):
+            by_line.setdefault(line, []).append(imported)
+        targets: set[str] = set()
+        for names in by_line.values():
+            for imported in names:
+                if imported == "txpika" and all(
+                        n in known for n in names if n.startswith("txpika.")) and len(names) > 1:
+                    continue  # `from txpika import spec`: the submodule, not the package
+                if imported in known and imported != module:
+                    targets.add(imported)
+        edges[module] = targets
+    return edges
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = [m for m in _txpika_modules() if m not in LAYER_OF
+               and not m.startswith("txpika.testing")]
+    assert not missing, f"place these modules in LAYER_OF: {missing}"
+    gone = [m for m in LAYER_OF if m not in _txpika_modules()]
+    assert not gone, f"LAYER_OF names modules that do not exist: {gone}"
+
+
+def _back_edges(edges: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in sorted(edges.items()):
+        layer = LAYER_OF.get(module)
+        if layer is None:
+            continue  # txpika.testing has a test of its own
+        for target in sorted(targets):
+            target_layer = LAYER_OF[target]
+            if target_layer != layer and target_layer not in MAY_IMPORT[layer]:
+                found.append(f"{module} ({layer}) imports {target} ({target_layer})")
+    return found
+
+
+def test_imports_point_down_only() -> None:
+    back_edges = _back_edges(_edges())
+    assert not back_edges, "imports against the layering:\n" + "\n".join(back_edges)
+
+
+def test_no_import_cycles() -> None:
+    edges = _edges()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(edges[module]):
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target):], target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state and module != "txpika":
+            visit(module)
+    # (the package's __init__ names everything; modules import it only to reach a
+    # submodule, which _static_imports records as the submodule itself)
+    cycles = [c for c in cycles if "txpika" not in c]
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checks_catch_a_back_edge(tmp_path: Path) -> None:
+    """The layering check itself works: a core module importing the Twisted channel, even
+    under TYPE_CHECKING, is found."""
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from txpika.channel import Channel\n"
+    )
+    path = tmp_path / "probe.py"
+    path.write_text(source, encoding="utf-8")
+    imported = [name for _, name in _static_imports(path, "txpika._probe")]
+    assert "txpika.channel" in imported
+    edges = _edges()
+    edges["txpika.connection"] = {*edges["txpika.connection"], "txpika.channel"}
+    edges["txpika.blocking._api"] = {*edges["txpika.blocking._api"], "txpika.protocol"}
+    assert _back_edges(edges) == [
+        "txpika.blocking._api (blocking) imports txpika.protocol (twisted)",
+        "txpika.connection (core) imports txpika.channel (twisted)",
+    ]

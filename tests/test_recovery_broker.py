@@ -86,12 +86,12 @@ async def failure_of(d: Deferred[Any], seconds: float = 10.0) -> BaseException:
     pytest.fail(f"expected a failure, got {result!r}")
 
 
-async def fails_fast(d: Deferred[Any], started: float) -> BaseException:
-    """``d`` failed with `ConnectionRecovering` less than 50 ms after ``started``."""
+async def fails_fast(d: Deferred[Any]) -> BaseException:
+    """``d`` has failed already, when the call returned (no waiting for the network), with
+    `ConnectionRecovering`."""
+    assert d.called, "the call waits instead of failing at once"
     exc = await failure_of(d, 1)
-    elapsed = time.monotonic() - started
     assert isinstance(exc, ConnectionRecovering), repr(exc)
-    assert elapsed < 0.05, f"took {elapsed * 1000:.1f} ms to fail"
     return exc
 
 
@@ -287,10 +287,9 @@ async def test_cut_connection_recovers_and_replays_topology(
     proxy.cut()
     await until(lambda: service.state == "recovering", 5, "recovering after the cut")
     assert not ch.is_open and ch.channel is None
-    started = time.monotonic()
-    await fails_fast(pub.basic_publish(exchange, "rk", b"while recovering"), started)
-    await fails_fast(ch.queue_declare(unique()), started)
-    await fails_fast(publisher.publish(exchange, "rk", b"not held"), started)
+    await fails_fast(pub.basic_publish(exchange, "rk", b"while recovering"))
+    await fails_fast(ch.queue_declare(unique()))
+    await fails_fast(publisher.publish(exchange, "rk", b"not held"))
     assert service.current_broker is None
     # connection() waits through recovering instead of failing.
     reconnected = service.connection(timeout=20)
@@ -345,9 +344,8 @@ async def test_blackholed_network_heartbeat_timeout_then_recovery(
     assert isinstance(reason, HeartbeatTimeout), repr(reason)
     assert time.monotonic() - blackholed_at < 4
     assert service.state == "recovering"
-    started = time.monotonic()
-    await fails_fast(pub.basic_publish(exchange, "rk", b"x"), started)
-    await fails_fast(ch.basic_qos(prefetch_count=5), started)
+    await fails_fast(pub.basic_publish(exchange, "rk", b"x"))
+    await fails_fast(ch.basic_qos(prefetch_count=5))
     # An at-least-once publish is held instead, and sent once the service is open again.
     held = holding.publish(exchange, "rk", b"held while recovering", mandatory=True)
     assert not held.called and holding.pending == 1

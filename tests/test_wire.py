@@ -25,6 +25,8 @@ from txpika._wire import (
     decode_shortstr,
     decode_table,
     decode_timestamp,
+)
+from txpika._wire_encode import (
     encode_array,
     encode_field_value,
     encode_longstr,

@@ -6,7 +6,7 @@ them shows its password in ``repr`` or ``str``.
 
 from __future__ import annotations
 
-from txpika._wire import encode_table
+from txpika._wire_encode import encode_table
 from txpika.errors import AuthenticationError
 
 __all__ = ["AMQPlainCredentials", "Credentials", "ExternalCredentials", "PlainCredentials"]

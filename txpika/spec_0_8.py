@@ -66,12 +66,13 @@ from txpika._specbase import decode_failure as _decode_failure
 from txpika._specbase import twin as _twin
 from txpika._wire import _SHORT_PREFIX as _SP
 from txpika._wire import WireError as _WireError
-from txpika._wire import _decode_table, _table_bytes
+from txpika._wire import _decode_table
 from txpika._wire import decode_longstr as _dec_longstr
-from txpika._wire import encode_longstr as _enc_longstr
-from txpika._wire import encode_shortstr as _enc_shortstr
-from txpika._wire import encode_table as _enc_table
-from txpika._wire import encode_timestamp as _enc_timestamp
+from txpika._wire_encode import _table_bytes
+from txpika._wire_encode import encode_longstr as _enc_longstr
+from txpika._wire_encode import encode_shortstr as _enc_shortstr
+from txpika._wire_encode import encode_table as _enc_table
+from txpika._wire_encode import encode_timestamp as _enc_timestamp
 
 PROTOCOL_HEADER = b'AMQP\x01\x01\x08\x00'
 VERSION = '0-8'

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txpika.blocking._channel import BlockingChannel, BlockingConsumer, Message
-from txpika.blocking._connection import BlockingConnection
+from txpika.blocking._api import BlockingChannel, BlockingConnection, BlockingConsumer, Message
 from txpika.parameters import ConnectionParameters, parameters_for
 
 __all__ = ["BlockingChannel", "BlockingConnection", "BlockingConsumer", "Message", "connect"]

@@ -1,7 +1,9 @@
-"""`BlockingConnection`: an AMQP connection over a plain (or TLS) socket, no reactor.
+"""The blocking connection's own methods: opening, state, servicing, closing.
 
-The public half; the socket loop is `txpika.blocking._io.SocketLoop`, the events go through
-the same session and channel books as every other adapter (`txpika._session`).
+`ConnectionBase` is the base of `txpika.blocking.BlockingConnection` (in
+`txpika.blocking._api`, which adds ``channel()``); the socket loop is
+`txpika.blocking._io.SocketLoop`, and the events go through the same session and channel
+books as every other adapter (`txpika._session`).
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ import contextlib
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Self
 
 from txpika._requests import Requests
 from txpika._session import Session, core_for
-from txpika.blocking._channel import BlockingChannel, Message
 from txpika.blocking._io import SocketLoop
 from txpika.blocking._log import log
 from txpika.connection import ConnState
 from txpika.parameters import ConnectionParameters
 
-__all__ = ["BlockingConnection"]
+__all__ = ["ConnectionBase"]
 
 
-class BlockingConnection(SocketLoop):
+class ConnectionBase(SocketLoop):
     """An AMQP connection over a plain (or TLS) socket; see `txpika.blocking`.
 
     Opened by the constructor (or `txpika.blocking.connect`): it returns once
@@ -66,7 +67,7 @@ class BlockingConnection(SocketLoop):
     def __repr__(self) -> str:
         return f"<BlockingConnection {self.parameters.describe()} {self._core.state.value}>"
 
-    def __enter__(self) -> BlockingConnection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -91,20 +92,6 @@ class BlockingConnection(SocketLoop):
     def server_properties(self) -> dict[str, Any]:
         """What the broker said about itself."""
         return dict(self._core.server_properties)
-
-    def channel(self, timeout: float | None = None) -> BlockingChannel:
-        """Open a channel; raises the connection's error, `txpika.errors.UsageError` (no
-        free channel), the broker's refusal, or ``TimeoutError``."""
-        opened: list[BaseException | None] = []
-        with self._lock:
-            self._check()
-            channel = self._session.open_channel(
-                lambda book: BlockingChannel(self, book, self._requests), Message,
-                lambda _: opened.append(None), opened.append)
-        self._wait(lambda: bool(opened), timeout)
-        if opened[0] is not None:
-            raise opened[0]
-        return channel
 
     def process_data_events(self, time_limit: float = 0) -> None:
         """Service the connection for up to ``time_limit`` seconds: read what arrived,

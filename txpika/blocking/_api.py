@@ -1,8 +1,9 @@
-"""The blocking adapter's channels, consumers and messages: results directly.
+"""The blocking adapter's connection, channels, consumers and messages: results directly.
 
 Each channel method holds its connection's lock while it hands a request to the channel
 book (`txpika._chanbook.ChannelBook`, shared with the other adapters), then waits, lock
-released, while whichever thread is reading dispatches the reply.
+released, while whichever thread is reading dispatches the reply. `BlockingConnection` is
+`txpika.blocking._connection.ConnectionBase` with ``channel()``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from txpika import spec
 from txpika._chanbook import ChannelBook, ConsumerEntry
 from txpika._delivery import MessageBase
 from txpika._requests import Request, Requests
+from txpika.blocking._connection import ConnectionBase
 from txpika.errors import (
     ChannelClosedByClient,
     ConnectionClosedByClient,
@@ -25,10 +27,7 @@ from txpika.errors import (
     OutcomeUnknownError,
 )
 
-if TYPE_CHECKING:
-    from txpika.blocking._connection import BlockingConnection
-
-__all__ = ["BlockingChannel", "BlockingConsumer", "Message"]
+__all__ = ["BlockingChannel", "BlockingConnection", "BlockingConsumer", "Message"]
 
 T = TypeVar("T")
 _Args = Mapping[str, Any] | None
@@ -544,3 +543,26 @@ class BlockingChannel:
     def __exit__(self, *exc_info: object) -> None:
         if self.is_open and self.connection.is_open:
             self.close()
+
+
+class BlockingConnection(ConnectionBase):
+    """An AMQP connection over a plain (or TLS) socket; see `txpika.blocking`.
+
+    Opened by the constructor (or `txpika.blocking.connect`): it returns once
+    ``connection.open-ok`` arrived, or raises as `txpika.blocking.connect` says.
+    Thread-safe: every operation holds the connection's lock.
+    """
+
+    def channel(self, timeout: float | None = None) -> BlockingChannel:
+        """Open a channel; raises the connection's error, `txpika.errors.UsageError` (no
+        free channel), the broker's refusal, or ``TimeoutError``."""
+        opened: list[BaseException | None] = []
+        with self._lock:
+            self._check()
+            channel = self._session.open_channel(
+                lambda book: BlockingChannel(self, book, self._requests), Message,
+                lambda _: opened.append(None), opened.append)
+        self._wait(lambda: bool(opened), timeout)
+        if opened[0] is not None:
+            raise opened[0]
+        return channel
