@@ -359,6 +359,8 @@ def print_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                           "reference_scenario": "big", "limit": limit, "source": source,
                           "txpika_cpu_us": None, "reference_cpu_us": None, "rss_mb": rss,
                           "ratio": None, "verdict": "met" if rss <= limit else "MISSED"})
+    order = {scenario: n for n, scenario in enumerate(SCENARIOS)}
+    lines.sort(key=lambda line: order.get(line["scenario"], len(order)))  # stable
     print_targets_table(
         [line for line in lines if "rss_mb" not in line],
         "Targets (client CPU us per message; ratio = txpika / reference, this run; "
