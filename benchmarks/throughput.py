@@ -12,19 +12,29 @@ progress stops for ``--stall`` seconds gives up by itself and is reported as FAI
 
 Libraries (see ``benchmarks/peers/run_*.py``): ``txpika`` (this checkout, Twisted),
 ``pika-twisted`` (pika's ``TwistedProtocolConnection``), ``txamqp`` (txAMQP3, Twisted),
-``aio-pika`` (asyncio). The three Twisted clients run on Twisted's default reactor (epoll),
-aio-pika on asyncio's default event loop. ``twisted-floor`` (rpc only, n/a elsewhere) is a
-reference, not a client: txpika sets up the rpc scenario, then a bare function splits the
-input into frames and counts reply bodies, and a request encoded once is written as txpika
-writes (``peers/run_floor.py``). It shows what the reactor, the kernel and the
-harness cost per round trip; it does not check replies.
+``aio-pika`` (asyncio), ``node-amqplib`` (node's amqplib, ``benchmarks/node/runner.js``,
+where ``node`` is installed and ``--setup`` ran npm; CPU from ``process.cpuUsage()``). The
+three Twisted clients run on Twisted's default reactor (epoll), aio-pika on asyncio's
+default event loop. ``twisted-floor`` (rpc only, n/a elsewhere) is a reference, not a
+client: txpika sets up the rpc scenario, then a bare function splits the input into frames
+and counts reply bodies, and a request encoded once is written as txpika writes
+(``peers/run_floor.py``). It shows what the reactor, the kernel and the harness cost per
+round trip; it does not check replies.
 
 Scenarios (counts at ``--count-scale 1``):
 
 publish
-    50,000 x 128 B to the default exchange without confirms, fire and forget, then one
-    round trip on the same channel (a passive ``queue.declare``) so the broker has read them
-    all. After the timed part the queue must hold all 50,000.
+    50,000 x 128 B to the default exchange without confirms, fire and forget (txpika waits
+    for the last publish's Deferred only), then one round trip on the same channel (a
+    passive ``queue.declare``) so the broker has read them all. After the timed part the
+    queue must hold all 50,000.
+publish-await / publish-yield / publish-chain
+    The same publishes in the idioms users write (``peers/idioms_*.py``): each publish's
+    Deferred awaited in a coroutine (``for body in bodies: await ch.basic_publish(...)``),
+    yielded in ``inlineCallbacks``, or each publish made in a callback of the previous
+    one's Deferred (one callback chain). aio-pika awaits every publish in ``publish``
+    already, so its ``publish-await`` is the same code; node's amqplib has no Deferred
+    or promise per publish (n/a).
 publish-confirm
     The same in confirm mode, pipelined with a sliding window of 1,000 unconfirmed publishes
     (one new publish per confirm; the same harness for every library). All must be acked
@@ -32,7 +42,16 @@ publish-confirm
 consume
     50,000 x 128 B pre-filled by the parent, consumed with prefetch 1,000 and one
     ``basic.ack`` per message; then one round trip so the acks are in. Every index must
-    arrive once, and the queue must be empty afterwards.
+    arrive once, and the queue must be empty afterwards. This is the callback idiom:
+    ``basic_consume(queue, on_message_callback=cb)`` where ``cb`` acks (txpika), a callback
+    on each ``get()`` of the delivery queue (pika's adapter and txAMQP, which have no
+    callback consumer), ``queue.consume(cb)`` (aio-pika), ``channel.consume(queue, cb)``
+    (amqplib).
+consume-await / consume-yield
+    The same, pulled: ``message = await consumer.get(); await message.ack()`` in a
+    coroutine, or the same with ``yield`` in ``inlineCallbacks`` (pika's adapter:
+    ``await queue.get()``, then ``channel.basic_ack(tag)``, which returns None; aio-pika's
+    ``consume-await``: ``async for message in queue.iterator()``).
 rpc
     2,000 sequential round trips: publish a 128 B request with ``reply_to`` (an exclusive
     server-named queue consumed with auto-ack) and ``correlation_id``, wait for the reply.
@@ -42,7 +61,11 @@ big
     200 x 4 MiB: publish in confirm mode with a window of 10 unconfirmed, then consume with
     prefetch 10 and per-message acks, on two channels of one connection. Each body is made
     when it is published (an index, then a pattern), so a client that keeps bodies alive
-    shows it in its peak RSS. Target: txpika stays under 100 MB.
+    shows it in its peak RSS. Target: txpika stays under 100 MB (issue #10: 60 MB).
+
+The targets (``TARGETS``) are printed under the table as a table of their own: txpika's CPU
+per message, the reference's, the ratio, the limit, met or MISSED. The consumer daemon and
+the at-least-once ``Publisher`` are measured by ``benchmarks/daemon.py``.
 
 Usage (see benchmarks/README.rst)::
 
@@ -60,6 +83,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +93,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _broker import Admin, run_command, stop_process
 from _harness import (
     HERE,
     ROOT,
@@ -83,10 +108,13 @@ from _harness import (
     scaled,
     txpika_revision,
 )
+from _report import Target, derive, pick, print_table, print_targets_table, target_lines
 
 TXAMQP_REQUIREMENT = "txAMQP3==0.9.4"
+NODE_DIR = HERE / "node"
+NODE_RUNNER = NODE_DIR / "runner.js"
 
-LIBRARIES = ["txpika", "pika-twisted", "txamqp", "aio-pika", "twisted-floor"]
+LIBRARIES = ["txpika", "pika-twisted", "txamqp", "aio-pika", "node-amqplib", "twisted-floor"]
 MODULES = {
     "txpika": "run_txpika",
     "pika-twisted": "run_pika_twisted",
@@ -94,19 +122,56 @@ MODULES = {
     "aio-pika": "run_aiopika",
     "twisted-floor": "run_floor",
 }
-SCENARIOS = ["publish", "publish-confirm", "consume", "rpc", "big"]
-#: pairs that are not run (shown as n/a): the floor is a reference for the rpc scenario only
-UNSUPPORTED = {("twisted-floor", scenario): "reference row for rpc only"
-               for scenario in SCENARIOS if scenario != "rpc"}
+#: the runners of the idiom scenarios (publish-await, ..., consume-yield)
+IDIOM_MODULES = {
+    "txpika": "idioms_txpika",
+    "pika-twisted": "idioms_pika_twisted",
+    "txamqp": "idioms_txamqp",
+    "aio-pika": "run_aiopika",
+}
+PUBLISH_IDIOMS = ["publish-await", "publish-yield", "publish-chain"]
+CONSUME_IDIOMS = ["consume-await", "consume-yield"]
+SCENARIOS = ["publish", *PUBLISH_IDIOMS, "publish-confirm", "consume", *CONSUME_IDIOMS,
+             "rpc", "big"]
+NODE_SCENARIOS = ("publish", "publish-confirm", "consume", "rpc")
+#: pairs that are not run (shown as n/a)
+UNSUPPORTED = {
+    **{("twisted-floor", scenario): "reference row for rpc only"
+       for scenario in SCENARIOS if scenario != "rpc"},
+    **{("aio-pika", scenario): "asyncio: no inlineCallbacks, no Deferred to chain"
+       for scenario in ("publish-yield", "publish-chain", "consume-yield")},
+    **{("node-amqplib", scenario): "amqplib's publish returns a bool, no promise"
+       for scenario in PUBLISH_IDIOMS},
+    **{("node-amqplib", scenario): "amqplib has no pulled consumer"
+       for scenario in CONSUME_IDIOMS},
+    ("node-amqplib", "big"): "not measured for node",
+}
 #: scenario -> (count at scale 1, body size, window, prefetch)
 SIZES = {
     "publish": (50_000, 128, 0, 0),
+    **{scenario: (50_000, 128, 0, 0) for scenario in PUBLISH_IDIOMS},
     "publish-confirm": (50_000, 128, 1000, 0),
     "consume": (50_000, 128, 0, 1000),
+    **{scenario: (50_000, 128, 0, 1000) for scenario in CONSUME_IDIOMS},
     "rpc": (2_000, 128, 0, 0),
     "big": (200, 4 * 1024 * 1024, 10, 10),
 }
-RSS_TARGET_MB = 100.0
+RSS_TARGETS_MB = ((100.0, ""), (60.0, "#10"))
+#: txpika's CPU per message against a reference row of the same run. The first ones are
+#: the standing targets (<= 0.5 x pika-twisted, below aio-pika); "#10" marks issue 10's.
+TARGETS = [
+    *(Target(scenario, "pika-twisted", 0.5)
+      for scenario in ("publish", "publish-confirm", "big")),
+    Target("rpc", "pika-twisted", 0.5),
+    *(Target(scenario, "pika-twisted", 0.5, source="#10") for scenario in PUBLISH_IDIOMS),
+    *(Target(scenario, "pika-twisted", 0.4, source="#10")
+      for scenario in ("consume", *CONSUME_IDIOMS)),
+    *(Target(scenario, "node-amqplib", 1.2, reference_scenario="consume", source="#10")
+      for scenario in ("consume", *CONSUME_IDIOMS)),
+    Target("rpc", "twisted-floor", 1.3, source="#10"),
+    *(Target(scenario, "aio-pika", 1.0)
+      for scenario in SCENARIOS if ("aio-pika", scenario) not in UNSUPPORTED),
+]
 
 
 # -- the child side ---------------------------------------------------------------------------
@@ -120,7 +185,10 @@ def child_main(raw: str) -> None:
 
     params = Params(**json.loads(raw))
     meter = Meter(profile=params.profile)
-    module = __import__(f"peers.{MODULES[params.library]}", fromlist=["run"])
+    name = MODULES[params.library]
+    if params.scenario in PUBLISH_IDIOMS or params.scenario in CONSUME_IDIOMS:
+        name = IDIOM_MODULES[params.library]
+    module = __import__(f"peers.{name}", fromlist=["run"])
     result: dict[str, Any] = {}
     try:
         result.update(module.run(params, meter))
@@ -160,94 +228,7 @@ def rpc_server_main(raw: str) -> None:
         ch.start_consuming()
 
 
-# -- the parent side: broker administration (pika BlockingConnection) -----------------------
-
-
-class Admin:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-
-    def _connect(self) -> Any:
-        import pika
-
-        a = self.args
-        return pika.BlockingConnection(pika.ConnectionParameters(
-            host=a.host, port=a.port, virtual_host=a.vhost, heartbeat=0,
-            credentials=pika.PlainCredentials(a.user, a.password), blocked_connection_timeout=30))
-
-    def declare(self, queue: str) -> None:
-        conn = self._connect()
-        try:
-            conn.channel().queue_declare(queue, durable=False, auto_delete=False)
-        finally:
-            conn.close()
-
-    def count(self, queue: str) -> tuple[int, int]:
-        """(ready messages, consumers) of ``queue``."""
-        conn = self._connect()
-        try:
-            ok = conn.channel().queue_declare(queue, passive=True).method
-            return ok.message_count, ok.consumer_count
-        finally:
-            conn.close()
-
-    def delete(self, queue: str) -> None:
-        with contextlib.suppress(Exception):
-            conn = self._connect()
-            try:
-                conn.channel().queue_delete(queue)
-            finally:
-                conn.close()
-
-    def prefill(self, queue: str, count: int, size: int) -> None:
-        sys.path.insert(0, str(HERE))
-        from peers._common import small_body
-
-        conn = self._connect()
-        try:
-            ch = conn.channel()
-            for i in range(count):
-                ch.basic_publish("", queue, small_body(i, size))
-        finally:
-            conn.close()
-
-    def wait_count(self, queue: str, want: int, limit: float) -> int:
-        """Poll until ``queue`` holds ``want`` messages (or ``limit`` seconds pass)."""
-        deadline = time.monotonic() + limit
-        while True:
-            have, consumers = self.count(queue)
-            if (have == want and consumers == 0) or time.monotonic() > deadline:
-                return have
-            time.sleep(0.2)
-
-
-# -- the parent side: running children ---------------------------------------------------------
-
-
-def run_child(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one child; its RESULT line as a dict, or {"status": "TIMEOUT"/"ERROR", ...}."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(params)]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
-        try:
-            proc.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return {"status": "TIMEOUT", "note": f"killed after {args.timeout:g} s"}
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[7:])
-            if result.get("error"):
-                result["stderr_tail"] = stderr.strip().splitlines()[-12:]
-            return result
-    return {"status": "ERROR", "note": f"exit {proc.returncode}",
-            "stderr_tail": stderr.strip().splitlines()[-12:]}
+# -- the parent side ----------------------------------------------------------------------------
 
 
 def start_rpc_server(args: argparse.Namespace, queue: str) -> subprocess.Popen[bytes]:
@@ -267,16 +248,21 @@ def start_rpc_server(args: argparse.Namespace, queue: str) -> subprocess.Popen[b
     return proc
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def node_missing() -> str:
+    """Why node's amqplib cannot run here, or "" when it can."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (NODE_DIR / "node_modules" / "amqplib").is_dir():
+        return "benchmarks/node/node_modules has no amqplib: run --setup (needs npm)"
+    return ""
+
+
+def run_child(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+    if params["library"] == "node-amqplib":
+        node = shutil.which("node") or "node"
+        return run_command([node, str(NODE_RUNNER), json.dumps(params)], args.timeout)
+    return run_command([sys.executable, str(Path(__file__).resolve()), "--child",
+                        json.dumps(params)], args.timeout)
 
 
 def run_one(args: argparse.Namespace, admin: Admin, library: str, scenario: str,
@@ -289,6 +275,9 @@ def run_one(args: argparse.Namespace, admin: Admin, library: str, scenario: str,
                            "size": size}
     if (library, scenario) in UNSUPPORTED:
         row.update(status="n/a", note=UNSUPPORTED[(library, scenario)])
+        return row
+    if library == "node-amqplib" and (why := node_missing()):
+        row.update(status="n/a", note=f"skipped: {why}")
         return row
     queue = f"txpika-bench-{scenario}-{library}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     row["queue"] = queue
@@ -305,11 +294,8 @@ def run_one(args: argparse.Namespace, admin: Admin, library: str, scenario: str,
             server = start_rpc_server(args, queue)
         else:
             admin.declare(queue)
-        if scenario == "consume":
-            admin.prefill(queue, count, size)
-            have = admin.wait_count(queue, count, 30)
-            if have != count:
-                raise RuntimeError(f"pre-fill: the queue holds {have} of {count}")
+        if scenario.startswith("consume"):
+            admin.prefill_checked(queue, count, size)
         result = run_child(args, params)
         row.update(result)
         if "status" not in row:
@@ -333,13 +319,13 @@ def check(admin: Admin, scenario: str, count: int, queue: str,
     problems: list[str] = []
     if r.get("stalled"):
         problems.append(f"stalled: {r['stalled']}")
-    if scenario in ("publish", "publish-confirm"):
+    if scenario.startswith("publish"):
         if scenario == "publish-confirm" and (r.get("acked") != count or r.get("nacked")):
             problems.append(f"acked {r.get('acked')} nacked {r.get('nacked')} of {count}")
         have = admin.wait_count(queue, count, 30)
         if have != count:
             problems.append(f"queue holds {have} of {count}: lost {count - have}")
-    elif scenario in ("consume", "big"):
+    elif scenario.startswith("consume") or scenario == "big":
         if scenario == "big" and (r.get("acked") != count or r.get("nacked")):
             problems.append(f"acked {r.get('acked')} nacked {r.get('nacked')} of {count}")
         if r.get("lost") or r.get("duplicates") or r.get("damaged"):
@@ -360,75 +346,35 @@ def check(admin: Admin, scenario: str, count: int, queue: str,
 # -- reporting ------------------------------------------------------------------------------------
 
 
-def derive(row: dict[str, Any]) -> None:
-    """Per-message figures from a child's raw numbers."""
-    if "wall" not in row or not row.get("measured"):
-        return
-    count = row["count"]
-    cpu = row["cpu_user"] + row["cpu_sys"]
-    row["msgs_per_s"] = count / row["wall"] if row["wall"] else 0.0
-    row["cpu_us_per_msg"] = cpu / count * 1e6
-    row["peak_rss_mb"] = row["maxrss_kb"] / 1024.0
-    row["base_rss_mb"] = row["base_rss_kb"] / 1024.0
-
-
-def pick(attempts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row from the repeats of a pair: a failure if any repeat failed (failures are
-    never hidden by a better repeat), else the repeat with the least CPU per message (an
-    n/a pair stays n/a)."""
-    for row in attempts:
-        if row.get("status") not in ("ok", "n/a"):
-            failed = dict(row)
-            if len(attempts) > 1:
-                failed["note"] = (f"{sum(r.get('status') != 'ok' for r in attempts)} of "
-                                  f"{len(attempts)} runs: " + str(row.get("note", "")))
-            return failed
-    best = dict(min(attempts, key=lambda r: r.get("cpu_us_per_msg", float("inf"))))
-    best["repeats"] = len(attempts)
-    best["all_cpu_us_per_msg"] = [r.get("cpu_us_per_msg") for r in attempts]
-    best["all_msgs_per_s"] = [r.get("msgs_per_s") for r in attempts]
-    return best
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("scenario", "library", "msgs/s", "CPU us/msg", "CPU %", "peak RSS MB",
-              "RSS@start", "p50 us", "p99 us", "check")
-    lines = [header]
-    for r in rows:
-        cpu_pct = None
-        if r.get("wall"):
-            cpu_pct = (r["cpu_user"] + r["cpu_sys"]) / r["wall"] * 100
-        check_text = r.get("status", "?") + (f" ({r['note']})" if r.get("note") else "")
-        lines.append((
-            r["scenario"], r["library"], fmt(r.get("msgs_per_s"), ",.0f"),
-            fmt(r.get("cpu_us_per_msg"), ",.1f"), fmt(cpu_pct, ".0f"),
-            fmt(r.get("peak_rss_mb"), ".1f"), fmt(r.get("base_rss_mb"), ".1f"),
-            fmt(r.get("p50_us"), ",.0f") if r["scenario"] == "rpc" else "",
-            fmt(r.get("p99_us"), ",.0f") if r["scenario"] == "rpc" else "",
-            check_text,
-        ))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
-    for n, line in enumerate(lines):
-        cells = [str(c).rjust(w) if i >= 2 else str(c).ljust(w)
-                 for i, (c, w) in enumerate(zip(line[:-1], widths, strict=True))]
-        print("  ".join(cells) + "  " + str(line[-1]))
-        if n == 0:
-            print("-" * (sum(widths) + 2 * len(widths) + 10))
-
-
-def print_targets(rows: list[dict[str, Any]]) -> None:
-    """txpika's CPU per message against the targets: <= half of pika's Twisted adapter's,
-    below aio-pika's; and peak RSS under 100 MB in the big-message scenario. Then the rpc
-    floor (twisted-floor), for reference: never a target, never a failure."""
+def print_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets table (`TARGETS`, the big scenario's peak RSS), then the rpc floor
+    (twisted-floor), for reference. Returns the target lines (for the JSON)."""
     by = {(r["scenario"], r["library"]): r for r in rows}
-    has_txpika = any(r["library"] == "txpika" for r in rows)
-    if has_txpika:
-        print_txpika_targets(rows, by)
+    lines = target_lines(TARGETS, rows)
+    big = by.get(("big", "txpika"))
+    if big is not None and big.get("peak_rss_mb") is not None:
+        for limit, source in RSS_TARGETS_MB:
+            rss = big["peak_rss_mb"]
+            lines.append({"scenario": "big", "subject": "txpika", "reference": "peak RSS MB",
+                          "reference_scenario": "big", "limit": limit, "source": source,
+                          "txpika_cpu_us": None, "reference_cpu_us": None, "rss_mb": rss,
+                          "ratio": None, "verdict": "met" if rss <= limit else "MISSED"})
+    order = {scenario: n for n, scenario in enumerate(SCENARIOS)}
+    lines.sort(key=lambda line: order.get(line["scenario"], len(order)))  # stable
+    print_targets_table(
+        [line for line in lines if "rss_mb" not in line],
+        "Targets (client CPU us per message; ratio = txpika / reference, this run; "
+        "#10: issue 10's targets):")
+    for line in lines:
+        if "rss_mb" in line:
+            source = f" ({line['source']})" if line["source"] else ""
+            print(f"  big: txpika's peak RSS {line['rss_mb']:.1f} MB, target <= "
+                  f"{line['limit']:g} MB: {line['verdict']}{source}")
     floor = by.get(("rpc", "twisted-floor"))
     if floor is not None:
-        if not has_txpika:
-            print("\nReference (not a target):")
+        print("\nReference (not a target):")
         print_floor(floor, by)
+    return lines
 
 
 def print_floor(floor: dict[str, Any], by: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -449,28 +395,6 @@ def print_floor(floor: dict[str, Any], by: dict[tuple[str, str], dict[str, Any]]
     print(f"  rpc floor (bare Twisted client): {cpu:,.1f} us/msg" + "".join(parts))
 
 
-def print_txpika_targets(rows: list[dict[str, Any]],
-                         by: dict[tuple[str, str], dict[str, Any]]) -> None:
-    print("\nTargets for txpika (CPU per message: <= 0.5 x pika-twisted and < aio-pika):")
-    for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        tx = by.get((scenario, "txpika"), {}).get("cpu_us_per_msg")
-        if tx is None:
-            continue
-        parts = []
-        for peer, limit in (("pika-twisted", 0.5), ("aio-pika", 1.0)):
-            other = by.get((scenario, peer), {}).get("cpu_us_per_msg")
-            if other:
-                ratio = tx / other
-                verdict = "met" if ratio <= limit else "MISSED"
-                parts.append(f"{ratio:.2f} x {peer} ({verdict})")
-        if scenario == "big":
-            rss = by[(scenario, "txpika")].get("peak_rss_mb")
-            if rss is not None:
-                parts.append(f"peak RSS {rss:.1f} MB "
-                             f"({'met' if rss < RSS_TARGET_MB else 'MISSED'}: < {RSS_TARGET_MB:g})")
-        print(f"  {scenario:16s} " + (", ".join(parts) if parts else "no peer to compare"))
-
-
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -481,6 +405,34 @@ def setup_venv() -> None:
     print(f"installing {TXAMQP_REQUIREMENT} (--no-deps) into {VENV}")
     subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "--no-deps",
                     TXAMQP_REQUIREMENT], check=True)
+    setup_node()
+
+
+def setup_node() -> None:
+    """npm-install benchmarks/node (amqplib, pinned in package.json and package-lock.json)
+    into benchmarks/node/node_modules; without node or npm, say so and go on."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        print("node or npm is not installed: the node-amqplib rows will be skipped")
+        return
+    print(f"installing amqplib (npm ci) into {NODE_DIR / 'node_modules'}")
+    result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                            cwd=str(NODE_DIR), check=False)
+    if result.returncode:
+        print(f"npm ci failed (exit {result.returncode}): the node-amqplib rows will be skipped")
+
+
+def node_version() -> str:
+    if node_missing():
+        return "missing"
+    try:
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        package = json.loads((NODE_DIR / "node_modules" / "amqplib" / "package.json")
+                             .read_text(encoding="utf-8"))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{package.get('version')} on node {node}"
 
 
 def library_versions() -> dict[str, str]:
@@ -508,6 +460,8 @@ def main() -> None:
 
     versions = library_versions()
     versions["txpika"] = txpika_revision()
+    if "node-amqplib" in args.libraries:
+        versions["amqplib"] = node_version()
     if args.txpika_path:
         os.environ["TXPIKA_BENCH_PATH"] = os.path.abspath(args.txpika_path)
         versions["txpika"] = f"from {os.environ['TXPIKA_BENCH_PATH']}"
@@ -534,7 +488,7 @@ def main() -> None:
                 row = run_one(args, admin, library, scenario)
                 derive(row)
                 runs.setdefault((scenario, library), []).append(row)
-                print(f"  {scenario:16s} {library:13s} {row.get('status')} "
+                print(f"  {scenario:16s} {library:14s} {row.get('status')} "
                       f"{fmt(row.get('msgs_per_s'), ',.0f')} msg/s "
                       f"{fmt(row.get('cpu_us_per_msg'), ',.1f')} us/msg "
                       f"{fmt(row.get('peak_rss_mb'), '.1f')} MB "
@@ -544,8 +498,9 @@ def main() -> None:
     rows = [pick(attempts) for attempts in runs.values()]
     print()
     print_table(rows)
+    targets: list[dict[str, Any]] = []
     if "txpika" in args.libraries or "twisted-floor" in args.libraries:
-        print_targets(rows)
+        targets = print_targets(rows)
 
     profiles: dict[str, str] = {}
     if args.profile and "txpika" in args.libraries:
@@ -563,7 +518,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"versions": versions, "python": platform.python_version(),
-                       "count_scale": args.count_scale, "rows": rows, "profiles": profiles},
+                       "count_scale": args.count_scale, "repeat": args.repeat, "rows": rows,
+                       "targets": targets, "profiles": profiles},
                       fh, indent=2, default=str)
         print(f"\nwrote {args.json}")
 

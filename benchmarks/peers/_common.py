@@ -352,3 +352,24 @@ def twisted_main(coroutine_function: Any, *args: Any) -> dict[str, Any]:
     if "error" in box:
         raise RuntimeError(box["error"] + "\n" + box.get("traceback", ""))
     return box["result"]
+
+
+def until(loop: Any) -> Any:
+    """A Deferred that fires (or fails) when ``loop`` (a coroutine or a Deferred) ends, for
+    `watch`: once `watch` has failed it with `Stalled`, the loop's own ending (it fails when
+    the runner cancels its consumer) is dropped."""
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    finished: Deferred[None] = Deferred()
+
+    def ended(result: Any) -> None:
+        if finished.called:
+            return None
+        if hasattr(result, "raiseException"):  # a Failure
+            finished.errback(result)
+        else:
+            finished.callback(None)
+        return None
+
+    ensureDeferred(loop).addBoth(ended)
+    return finished

@@ -205,9 +205,46 @@ async def big(p: Params, meter: Meter) -> dict[str, Any]:
     return out
 
 
+async def consume_await(p: Params, meter: Meter) -> dict[str, Any]:
+    """The pulled consumer: ``async for message in queue.iterator()`` and ``await
+    message.ack()`` (aio-pika's natural pull form; ``consume-await``)."""
+    import aio_pika
+
+    conn = await aio_pika.connect(p.url)
+    ch = await conn.channel(publisher_confirms=False)
+    await ch.set_qos(prefetch_count=p.prefetch)
+    tally = Tally(p.count)
+    out: dict[str, Any] = {"expected": p.count}
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    meter.start()
+    queue = await ch.declare_queue(p.queue, passive=True)
+
+    async def pull() -> None:
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                if tally.add_small(message.body):
+                    break
+        if not done.done():
+            done.set_result(None)
+
+    task = loop.create_task(pull())
+    await _watch(lambda: tally.received, p.stall, done, out)
+    if not task.done():
+        task.cancel()
+    await ch.declare_queue(p.queue, passive=True)
+    meter.stop()
+    await conn.close()
+    out.update(tally.result())
+    return out
+
+
 def run(p: Params, meter: Meter) -> dict[str, Any]:
-    if p.scenario == "publish":
+    if p.scenario in ("publish", "publish-await"):  # every publish is awaited anyway
         return asyncio.run(publish(p, meter, False))
+    if p.scenario == "consume-await":
+        return asyncio.run(consume_await(p, meter))
     if p.scenario == "publish-confirm":
         return asyncio.run(publish(p, meter, True))
     if p.scenario == "consume":
