@@ -117,6 +117,17 @@ class Env:
             d.cancel()
         done.clear()
 
+    async def eventually(self, check: Callable[[], Awaitable[bool]],
+                         seconds: float = 5.0) -> None:
+        """Wait until ``check()`` is true (RabbitMQ applies some things, such as a requeue
+        seen by queue.declare, a moment later)."""
+        waited = 0.0
+        while not await check():
+            if waited >= seconds:
+                pytest.fail(f"condition not met within {seconds} s on {self.backend}")
+            await self.wait(0.02)
+            waited += 0.02
+
     async def cleanup(self) -> None:
         for conn in self.connections:
             if conn.is_open:

@@ -373,3 +373,23 @@ async def purge_and_delete_if_unused_if_empty(env: Env) -> None:
                                     "not empty")
     assert (await env.within(ch.queue_delete(q, if_unused=True))).message_count == 1
     await env.within(ch.exchange_delete(x, if_unused=True))  # its binding went with q
+
+
+@scenario
+async def queue_expires_when_unused_and_auto_delete_exchange(env: Env) -> None:
+    ch = await env.channel()
+    q = env.name("expiring")
+    await env.within(ch.queue_declare(q, arguments={"x-expires": 300}))
+    await env.within(ch.queue_declare(q, passive=True))
+    await env.wait(0.7)
+    probe = await env.channel()
+    assert isinstance(await env.failure(probe.queue_declare(q, passive=True)), errors.NotFound)
+    x, kept = env.name("autox"), env.name("kept")
+    await env.within(ch.exchange_declare(x, "fanout", auto_delete=True))
+    await env.within(ch.queue_declare(kept))
+    await env.within(ch.exchange_declare(x, "fanout", passive=True))  # no binding yet: kept
+    await env.within(ch.queue_bind(kept, x))
+    await env.within(ch.queue_unbind(kept, x))  # its last binding: the exchange goes
+    probe = await env.channel()
+    assert isinstance(await env.failure(probe.exchange_declare(x, passive=True)),
+                      errors.NotFound)
