@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -23,6 +23,8 @@ from txpika.testing._server import BrokerCore, ServerConnection
 from txpika.testing._vhost import Binding, Exchange, VirtualHost
 
 __all__ = ["MemoryBroker"]
+
+T = TypeVar("T")
 
 #: flush() gives up after this many rounds without settling (a consumer that requeues
 #: every message forever never settles, on RabbitMQ either).
@@ -97,6 +99,24 @@ class MemoryBroker:
             if not moved:
                 return
         raise RuntimeError(f"MemoryBroker.flush: traffic did not settle in {MAX_ROUNDS} rounds")
+
+    def result(self, work: Deferred[T] | Coroutine[Any, Any, T]) -> T:
+        """`flush`, then return what ``work`` (a Deferred, or a coroutine run with
+        ``ensureDeferred``) fired with: trial's ``successResultOf`` for plain pytest.
+
+        Raises the failure it fired with, or ``AssertionError`` if it has not fired (it
+        waits for time: see `advance`, or for something that never comes).
+        """
+        d = work if isinstance(work, Deferred) else ensureDeferred(work)
+        self.flush()
+        outcome: list[T | Failure] = []
+        d.addBoth(outcome.append)
+        if not outcome:
+            raise AssertionError(f"{work!r} has no result after flush()")
+        value = outcome[0]
+        if isinstance(value, Failure):
+            value.raiseException()
+        return value
 
     def advance(self, seconds: float) -> None:
         """Move the broker's clock (a ``task.Clock``) ``seconds`` forward, running each timer
@@ -231,6 +251,13 @@ class MemoryBroker:
             v.bind(Binding(exchange, queue, "queue", routing_key, dict(arguments or {})))
 
         self._do(bind)
+
+    def delete_queue(self, name: str, vhost: str = "/") -> int:
+        """Delete a queue as an operator would: its consumers get ``basic.cancel`` (on the
+        next `flush`). Returns how many messages it held; 0 if it did not exist."""
+        v = self.vhost(vhost)
+        queue = v.queues.get(name)
+        return v.delete_queue(queue) if queue is not None else 0
 
     def publish(self, exchange: str, routing_key: str, body: bytes,
                 properties: BasicProperties | None = None, vhost: str = "/") -> bool:
