@@ -374,3 +374,55 @@ async def dead_lettered_twice_counts_in_x_death(env: Env) -> None:
     assert deaths == [(a, "rejected", 2), (b, "rejected", 1)]
     assert got.properties.headers["x-first-death-queue"] == a
     await env.within(got.ack())
+
+
+@scenario
+async def global_prefetch_is_shared_by_the_channel(env: Env) -> None:
+    ch = await env.channel()
+    q1 = await queue_with(env, ch, [b"a"] * 4)
+    q2 = await queue_with(env, ch, [b"b"] * 4)
+    await env.within(ch.basic_qos(prefetch_count=3, global_qos=True))
+    got: list[Any] = []
+    await env.within(ch.basic_consume(q1, got.append))
+    await env.within(ch.basic_consume(q2, got.append))
+    await env.wait(0.3)
+    assert len(got) == 3
+    await env.within(got[0].ack())
+    await env.wait(0.3)
+    assert len(got) == 4
+
+
+@scenario
+async def bcc_routes_and_is_removed(env: Env) -> None:
+    ch = await env.channel()
+    seen, hidden = env.name("seen"), env.name("hidden")
+    for q in (seen, hidden):
+        await env.within(ch.queue_declare(q))
+    await env.within(ch.confirm_select())
+    props = txpika.BasicProperties(headers={"BCC": [hidden], "keep": "yes"})
+    await env.within(ch.basic_publish("", seen, b"both", properties=props))
+    for q in (seen, hidden):
+        got = await env.within(ch.basic_get(q, auto_ack=True))
+        assert (got.body, got.routing_key, got.properties.headers) == (
+            b"both", seen, {"keep": "yes"})
+
+
+@scenario
+async def max_length_bytes_and_reject_publish_dlx(env: Env) -> None:
+    ch = await env.channel()
+    q = env.name()
+    await env.within(ch.queue_declare(q, arguments={"x-max-length-bytes": 10}))
+    await env.within(ch.confirm_select())
+    for i in range(4):
+        await env.within(ch.basic_publish("", q, f"m{i}xx".encode()))  # 4 bytes each
+    left = [(await env.within(ch.basic_get(q, auto_ack=True))).body for _ in range(2)]
+    assert left == [b"m2xx", b"m3xx"]
+    assert await env.within(ch.basic_get(q)) is None
+    _, source, dead = await dead_letter_setup(env, ch, **{
+        "x-max-length": 1, "x-overflow": "reject-publish-dlx"})
+    await env.within(ch.basic_publish("", source, b"kept"))
+    error = await env.failure(ch.basic_publish("", source, b"refused"))
+    assert isinstance(error, txpika.NackError)
+    message = await env.within(dead.get())
+    assert message.body == b"refused"
+    assert death(message)[0]["reason"] == "maxlen"

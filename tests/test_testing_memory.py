@@ -199,3 +199,49 @@ def test_close_and_drop_connections(broker: MemoryBroker) -> None:
     assert "dropped the connection" in str(reason)
     assert not second.is_open
     assert broker.connections == []
+
+
+@pytest.mark.parametrize(("call", "feature"), [
+    (lambda ch: ch.queue_declare("p", arguments={"x-max-priority": 10}),
+     "the queue argument 'x-max-priority'"),
+    (lambda ch: ch.queue_declare("q", arguments={"x-queue-type": "quorum"}),
+     "queues of type 'quorum' (only classic queues)"),
+    (lambda ch: ch.queue_declare("s", arguments={"x-single-active-consumer": True}),
+     "the queue argument 'x-single-active-consumer'"),
+    (lambda ch: ch.exchange_declare("h", "x-consistent-hash"),
+     "the exchange type 'x-consistent-hash'"),
+    (lambda ch: ch.basic_consume("amq.rabbitmq.reply-to", auto_ack=True),
+     "direct reply-to (amq.rabbitmq.reply-to)"),
+    (lambda ch: ch.basic_consume("jobs", arguments={"x-priority": 5}),
+     "the consumer argument 'x-priority'"),
+], ids=["priority queue", "quorum", "single active consumer", "x- exchange type",
+        "direct reply-to", "consumer priority"])
+def test_what_it_does_not_implement_is_refused(broker: MemoryBroker, call: Any,
+                                               feature: str) -> None:
+    broker.declare_queue("jobs")
+    connection = result(broker, broker.connect())
+    ch = result(broker, connection.channel())
+    error = failure(broker, call(ch))
+    assert isinstance(error, errors.NotImplemented_)
+    assert error.reply_text == (
+        f"NOT_IMPLEMENTED - txpika.testing.MemoryBroker does not implement {feature}")
+    assert not connection.is_open  # a connection error, as RabbitMQ's 540s are
+
+
+def test_channel_flow_off_is_refused_and_flow_on_works(broker: MemoryBroker) -> None:
+    connection = result(broker, broker.connect())
+    ch = result(broker, connection.channel())
+    assert result(broker, ch.flow(True)).active is True
+    error = failure(broker, ch.flow(False))
+    assert error.reply_text == "NOT_IMPLEMENTED - active=false for channel.flow"
+
+
+def test_flush_refuses_traffic_that_never_settles(broker: MemoryBroker) -> None:
+    connection = result(broker, broker.connect())
+    ch = result(broker, connection.channel())
+    result(broker, ch.queue_declare("loop"))
+    result(broker, ch.basic_consume("loop", lambda m: m.nack(requeue=True)))
+    broker.publish("", "loop", b"forever")
+    broker.max_rounds = 1000
+    with pytest.raises(RuntimeError, match="did not settle"):
+        broker.flush()

@@ -26,9 +26,6 @@ __all__ = ["MemoryBroker"]
 
 T = TypeVar("T")
 
-#: flush() gives up after this many rounds without settling (a consumer that requeues
-#: every message forever never settles, on RabbitMQ either).
-MAX_ROUNDS: Final = 100_000
 SHUTDOWN_TEXT: Final = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 
 
@@ -47,6 +44,11 @@ class MemoryBroker:
     reply-to, ``x-`` exchange types...) is refused with ``connection.close`` 540
     NOT_IMPLEMENTED naming the feature. It speaks AMQP 0-9-1 only.
     """
+
+    #: `flush` gives up after this many rounds without settling (a consumer that requeues
+    #: every message forever never settles, on RabbitMQ either). A round carries what is
+    #: pending both ways, so a test awaiting N calls one after another needs N rounds.
+    max_rounds: int = 100_000
 
     def __init__(self, clock: IReactorTime | None = None, *,
                  users: Mapping[str, str] | None = None, vhosts: Iterable[str] = ("/",),
@@ -90,7 +92,7 @@ class MemoryBroker:
         Raises ``RuntimeError`` if traffic never settles (for example a consumer that
         requeues every message it gets, forever).
         """
-        for _ in range(MAX_ROUNDS):
+        for _ in range(self.max_rounds):
             moved = False
             for pipe in list(self._pipes):
                 if pipe.pump():
@@ -98,7 +100,8 @@ class MemoryBroker:
             self._pipes = [p for p in self._pipes if not p.closed]
             if not moved:
                 return
-        raise RuntimeError(f"MemoryBroker.flush: traffic did not settle in {MAX_ROUNDS} rounds")
+        raise RuntimeError(
+            f"MemoryBroker.flush: traffic did not settle in {self.max_rounds} rounds")
 
     def result(self, work: Deferred[T] | Coroutine[Any, Any, T]) -> T:
         """`flush`, then return what ``work`` (a Deferred, or a coroutine run with
