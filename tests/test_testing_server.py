@@ -13,7 +13,14 @@ import pytest
 from twisted.internet.task import Clock
 
 from txpika import spec
-from txpika.frames import NEED_DATA, FrameDecoder, HeartbeatFrame, encode_header, encode_method
+from txpika.frames import (
+    NEED_DATA,
+    FrameDecoder,
+    HeartbeatFrame,
+    encode_content,
+    encode_header,
+    encode_method,
+)
 from txpika.testing import BrokerCore, ServerConnection
 
 CAPS = {"capabilities": {"authentication_failure_close": True}}
@@ -168,3 +175,22 @@ def test_a_forced_close() -> None:
     assert (close.reply_code, close.reply_text) == (320, "CONNECTION_FORCED - shutdown")
     client.clock.advance(10)  # no close-ok: it hangs up anyway
     assert client.server.wants_close
+
+
+def publish_bytes(channel: int, routing_key: str, body: bytes) -> bytes:
+    return b"".join(bytes(p) for p in encode_content(
+        channel, spec.Basic.Publish(0, "", routing_key), spec.BasicProperties(), body, 131072))
+
+
+def test_confirms_of_one_read_are_coalesced_into_multiple_acks() -> None:
+    client = Client()
+    client.open()
+    client.send((1, spec.Confirm.Select()),
+                (1, spec.Queue.Declare(queue="small", arguments={
+                    "x-max-length": 1, "x-overflow": "reject-publish"})))
+    client.core.vhosts["/"].queues["small"].purge()
+    burst = (publish_bytes(1, "nowhere", b"a") + publish_bytes(1, "nowhere", b"b")
+             + publish_bytes(1, "small", b"c") + publish_bytes(1, "small", b"refused")
+             + publish_bytes(1, "nowhere", b"d"))
+    assert client.send(burst) == [spec.Basic.Ack(3, True), spec.Basic.Nack(4, False, False),
+                                  spec.Basic.Ack(5, True)]
