@@ -245,3 +245,28 @@ def test_flush_refuses_traffic_that_never_settles(broker: MemoryBroker) -> None:
     broker.max_rounds = 1000
     with pytest.raises(RuntimeError, match="did not settle"):
         broker.flush()
+
+
+def test_block_publishers_like_a_resource_alarm(broker: MemoryBroker) -> None:
+    connection = result(broker, broker.connect())
+    flow: list[tuple[bool, str]] = []
+    connection.add_flow_listener(lambda active, reason: flow.append((active, reason)))
+    ch = result(broker, connection.channel())
+    result(broker, ch.queue_declare("jobs"))
+    result(broker, ch.confirm_select())
+    broker.block("low on memory")
+    # A connection that does not publish is not told, and works on.
+    assert result(broker, ch.queue_declare("jobs")).message_count == 0
+    assert flow == [] and not connection.is_blocked
+    first = ch.basic_publish("", "jobs", b"1")
+    broker.flush()
+    assert connection.is_blocked and flow == [(False, "low on memory")]
+    assert not first.called and broker.queue("jobs").messages == ()
+    second = ch.basic_publish("", "jobs", b"2")  # held by the client ("wait" policy)
+    broker.flush()
+    assert not second.called
+    broker.unblock()
+    broker.flush()
+    assert first.called and second.called
+    assert [m.body for m in broker.queue("jobs").messages] == [b"1", b"2"]
+    assert flow == [(False, "low on memory"), (True, "")] and not connection.is_blocked

@@ -185,6 +185,17 @@ class MemoryBroker:
         for conn in list(self.core.connections):
             conn.close(reply_code, reply_text)
 
+    def block(self, reason: str = "low on memory") -> None:
+        """Block publishers as a RabbitMQ resource alarm does: a connection that publishes
+        is no longer read, and gets ``connection.blocked`` with ``reason`` (if it announced
+        the capability), until `unblock`."""
+        self.core.block(reason)
+
+    def unblock(self) -> None:
+        """End `block`: blocked connections get ``connection.unblocked`` and are read
+        again (call `flush` for in-memory ones)."""
+        self.core.unblock()
+
     def drop_connections(self) -> None:
         """Cut every connection without ``connection.close``, as a network failure does."""
         from twisted.internet.error import ConnectionLost

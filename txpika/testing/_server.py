@@ -72,6 +72,8 @@ class BrokerCore:
         self.frame_max = frame_max
         self.heartbeat = heartbeat
         self.connections: list[ServerConnection] = []
+        #: The reason while publishers are blocked (a resource alarm), else None.
+        self.blocked: str | None = None
         self.server_properties: dict[str, Any] = {
             "product": "txpika MemoryBroker",
             "version": txpika.__version__,
@@ -80,6 +82,16 @@ class BrokerCore:
             "capabilities": dict(CAPABILITIES),
             "cluster_name": "memory",
         }
+
+    def block(self, reason: str) -> None:
+        """Block publishers, as a resource alarm does: a connection that publishes stops
+        being read (and gets ``connection.blocked``) until `unblock`."""
+        self.blocked = reason
+
+    def unblock(self) -> None:
+        self.blocked = None
+        for conn in list(self.connections):
+            conn.unblock()
 
     def open_connection(self) -> ServerConnection:
         conn = ServerConnection(self)
@@ -119,6 +131,9 @@ class ServerConnection:
         self._content: dict[int, list[Any]] = {}  # channel -> [method, header, parts, left]
         self._receiving = False
         self._torn_down = False
+        #: A publish read while the broker blocks publishers: reading stops there.
+        self._held: MethodFrame | None = None
+        self._blocked_sent = False
         self._timer: DelayedCall | None = None
         self._sent = self._received = core.clock.seconds()
 
@@ -148,12 +163,32 @@ class ServerConnection:
                 if not data:
                     return
             self._decoder.receive_data(data)
+            if self._held is None:
+                self._read_frames()
+        finally:
+            self._done_reading()
+
+    def _done_reading(self) -> None:
+        self._receiving = False
+        for channel in list(self.channels.values()):
+            if channel.has_confirms:
+                channel.flush_confirms()
+
+    def unblock(self) -> None:
+        """The broker unblocked publishers: tell a blocked client, read what it sent."""
+        if self._blocked_sent:
+            self._blocked_sent = False
+            self.send_method(0, spec.Connection.Unblocked())
+        held, self._held = self._held, None
+        if held is None or self.wants_close:
+            return
+        self._receiving = True
+        try:
+            self._handle(held)
             self._read_frames()
         finally:
-            self._receiving = False
-            for channel in list(self.channels.values()):
-                if channel.has_confirms:
-                    channel.flush_confirms()
+            self._done_reading()
+        self._wake()
 
     def data_to_send(self) -> bytes:
         """What to write to the client now."""
@@ -224,13 +259,25 @@ class ServerConnection:
                 return
             if frame is NEED_DATA:
                 return
-            try:
-                self._frame(frame)
-            except Fault as fault:
-                if self.state is State.START_OK:
-                    self._hang_up()
-                else:
-                    self._close(fault)
+            if (self.core.blocked is not None and type(frame) is MethodFrame
+                    and type(frame.method) is spec.Basic.Publish):
+                # RabbitMQ stops reading from a connection that publishes while it blocks
+                # publishers, and tells it so once.
+                self._held = frame
+                if self.capabilities.get("connection.blocked") and not self._blocked_sent:
+                    self._blocked_sent = True
+                    self.send_method(0, spec.Connection.Blocked(self.core.blocked))
+                return
+            self._handle(frame)
+
+    def _handle(self, frame: Any) -> None:
+        try:
+            self._frame(frame)
+        except Fault as fault:
+            if self.state is State.START_OK:
+                self._hang_up()
+            else:
+                self._close(fault)
 
     def _frame(self, frame: Any) -> None:
         if type(frame) is HeartbeatFrame:
