@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "txpika"
 TESTING = PACKAGE / "testing"
-SANS_IO = ["_model", "_queue", "_vhost", "_channel", "_server"]
+SANS_IO = ["_model", "_queue", "_vhost", "_channel", "_server", "_core"]
 #: "txpika" itself for its __version__ (txpika/__init__.py imports no Twisted).
 ALLOWED = {"txpika", "txpika._wire", "txpika._specbase", "txpika.errors", "txpika.frames",
            "txpika.spec", "txpika.parameters", "txpika.protocol"}
@@ -51,7 +51,7 @@ def test_sans_io_modules_import_no_twisted_statically(module: str) -> None:
 def test_sans_io_side_loads_no_twisted() -> None:
     probe = ("import sys\n"
              "from txpika.testing import BrokerCore, ServerConnection, BrokerMessage\n"
-             "import txpika.testing._server\n"
+             "import txpika.testing._server, txpika.testing._core\n"
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from txpika.testing._core import BrokerCore
 from txpika.testing._model import BrokerMessage
 from txpika.testing._queue import Queue
-from txpika.testing._server import BrokerCore, ServerConnection
+from txpika.testing._server import ServerConnection
 from txpika.testing._vhost import Binding, Exchange
 
 if TYPE_CHECKING:

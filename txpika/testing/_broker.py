@@ -16,10 +16,11 @@ from twisted.python.failure import Failure
 from txpika.parameters import ConnectionParameters
 from txpika.protocol import AMQPProtocol
 from txpika.spec import BasicProperties
+from txpika.testing._core import BrokerCore
 from txpika.testing._memory import Pipe
 from txpika.testing._model import Fault
 from txpika.testing._queue import Queue
-from txpika.testing._server import BrokerCore, ServerConnection
+from txpika.testing._server import ServerConnection
 from txpika.testing._vhost import Binding, Exchange, VirtualHost
 
 __all__ = ["MemoryBroker"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from txpika import errors
+from txpika._wire import WireError, decode_table
 from txpika.spec import BasicProperties
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Clock",
     "DelayedCall",
     "Fault",
+    "credentials",
     "headers_match",
     "server_name",
     "topic_match",
@@ -176,3 +178,21 @@ def _header_ok(key: str, value: Any, headers: Mapping[str, Any]) -> bool:
     if key not in headers:
         return False
     return value is None or (headers[key] == value and type(headers[key]) is type(value))
+
+
+def credentials(mechanism: str, response: bytes) -> tuple[str | None, str | None]:
+    """(user, password) from a start-ok response; (None, None) for an unknown mechanism."""
+    if mechanism == "PLAIN":
+        parts = response.split(b"\0")
+        if len(parts) != 3:
+            return "", None
+        return parts[1].decode(errors="replace"), parts[2].decode(errors="replace")
+    if mechanism == "AMQPLAIN":
+        try:
+            table, _ = decode_table(len(response).to_bytes(4, "big") + response, 0)
+        except WireError:
+            return "", None
+        login, password = table.get("LOGIN"), table.get("PASSWORD")
+        return (str(login) if login is not None else "",
+                str(password) if password is not None else None)
+    return None, None

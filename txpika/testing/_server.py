@@ -1,8 +1,8 @@
 """The broker's side of AMQP 0-9-1 connections, sans-IO: bytes in, bytes out.
 
-`BrokerCore` holds the users, the virtual hosts and the tuning a broker offers; each
-`ServerConnection` is one client connection. A driver (the in-memory transport or a TCP
-protocol) feeds it with `ServerConnection.receive_data`, writes what
+A `txpika.testing._core.BrokerCore` holds the users, the virtual hosts and the tuning a
+broker offers; each `ServerConnection` is one client connection. A driver (the in-memory
+transport or a TCP protocol) feeds it with `ServerConnection.receive_data`, writes what
 `ServerConnection.data_to_send` returns, and closes its transport once `wants_close` is
 true and everything was written. ``on_output`` is called when output appears outside of
 `receive_data` (a delivery caused by another connection, a timer); drivers use it to write
@@ -17,13 +17,11 @@ content out of place 505, each with RabbitMQ's reply text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-import txpika
 from txpika import errors, spec
-from txpika._wire import WireError, decode_table
 from txpika.frames import (
     FRAME_MIN_SIZE,
     NEED_DATA,
@@ -37,10 +35,13 @@ from txpika.frames import (
     encode_method,
 )
 from txpika.testing._channel import ServerChannel
-from txpika.testing._model import CODE_NAMES, Clock, DelayedCall, Fault
+from txpika.testing._model import CODE_NAMES, DelayedCall, Fault, credentials
 from txpika.testing._vhost import VirtualHost
 
-__all__ = ["BrokerCore", "ServerConnection"]
+if TYPE_CHECKING:
+    from txpika.testing._core import BrokerCore
+
+__all__ = ["ServerConnection"]
 
 PROTOCOL_HEADER: Final = spec.PROTOCOL_HEADER
 HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
@@ -48,55 +49,6 @@ HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 CLOSE_TIMEOUT: Final = 10.0
 #: The largest message body accepted (RabbitMQ's default max_message_size, 128 MiB).
 MAX_MESSAGE: Final = 134217728
-CAPABILITIES: Final = {
-    "publisher_confirms": True,
-    "exchange_exchange_bindings": True,
-    "basic.nack": True,
-    "consumer_cancel_notify": True,
-    "connection.blocked": True,
-    "authentication_failure_close": True,
-    "per_consumer_qos": True,
-}
-
-
-class BrokerCore:
-    """Users, virtual hosts and tuning shared by every connection of one broker."""
-
-    def __init__(self, clock: Clock, users: Mapping[str, str], vhosts: Collection[str],
-                 channel_max: int = 2047, frame_max: int = 131072,
-                 heartbeat: int = 60) -> None:
-        self.clock = clock
-        self.users = dict(users)
-        self.vhosts = {name: VirtualHost(name, clock) for name in vhosts}
-        self.channel_max = channel_max
-        self.frame_max = frame_max
-        self.heartbeat = heartbeat
-        self.connections: list[ServerConnection] = []
-        #: The reason while publishers are blocked (a resource alarm), else None.
-        self.blocked: str | None = None
-        self.server_properties: dict[str, Any] = {
-            "product": "txpika MemoryBroker",
-            "version": txpika.__version__,
-            "platform": "Python",
-            "information": "an in-memory AMQP 0-9-1 broker for tests (txpika.testing)",
-            "capabilities": dict(CAPABILITIES),
-            "cluster_name": "memory",
-        }
-
-    def block(self, reason: str) -> None:
-        """Block publishers, as a resource alarm does: a connection that publishes stops
-        being read (and gets ``connection.blocked``) until `unblock`."""
-        self.blocked = reason
-
-    def unblock(self) -> None:
-        self.blocked = None
-        for conn in list(self.connections):
-            conn.unblock()
-
-    def open_connection(self) -> ServerConnection:
-        conn = ServerConnection(self)
-        self.connections.append(conn)
-        return conn
 
 
 class State(Enum):
@@ -411,7 +363,7 @@ class ServerConnection:
     def _start_ok(self, method: spec.Connection.StartOk) -> None:
         props = method.client_properties
         self.client_properties = dict(props) if isinstance(props, Mapping) else {}
-        user, password = _credentials(method.mechanism, method.response)
+        user, password = credentials(method.mechanism, method.response)
         if user is None:
             # RabbitMQ drops a connection that names a mechanism it does not offer.
             self._hang_up()
@@ -515,21 +467,3 @@ class ServerConnection:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-
-def _credentials(mechanism: str, response: bytes) -> tuple[str | None, str | None]:
-    """(user, password) from a start-ok response; (None, None) for an unknown mechanism."""
-    if mechanism == "PLAIN":
-        parts = response.split(b"\0")
-        if len(parts) != 3:
-            return "", None
-        return parts[1].decode(errors="replace"), parts[2].decode(errors="replace")
-    if mechanism == "AMQPLAIN":
-        try:
-            table, _ = decode_table(len(response).to_bytes(4, "big") + response, 0)
-        except WireError:
-            return "", None
-        login, password = table.get("LOGIN"), table.get("PASSWORD")
-        return (str(login) if login is not None else "",
-                str(password) if password is not None else None)
-    return None, None
