@@ -12,7 +12,8 @@
 does where it implements a feature, reply codes and texts included. Nothing moves until
 `MemoryBroker.flush`; tests read its state (`MemoryBroker.queue` and its ``messages``) and
 drive its time (`MemoryBroker.advance`). `MemoryBroker.listen` serves the same broker on a
-loopback TCP port for any client.
+loopback TCP port for any client, and `MemoryBroker.reactor` connects code that connects
+by itself (``txpika.connect(broker.reactor, url)``, ``AMQPService``) in memory.
 
 The broker's side of a connection is sans-IO (`ServerConnection`: bytes in, bytes out, over
 a `BrokerCore` of users, virtual hosts and their entities) and imports nothing from Twisted,

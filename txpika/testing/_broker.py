@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
@@ -20,6 +20,7 @@ from txpika.testing._core import BrokerCore
 from txpika.testing._memory import Pipe
 from txpika.testing._model import Fault
 from txpika.testing._queue import Queue
+from txpika.testing._reactor import MemoryReactor
 from txpika.testing._server import ServerConnection
 from txpika.testing._vhost import Binding, Exchange, VirtualHost
 
@@ -59,6 +60,9 @@ class MemoryBroker:
                                list(vhosts), channel_max=channel_max, frame_max=frame_max,
                                heartbeat=heartbeat)
         self._pipes: list[Pipe] = []
+        self._reactor: MemoryReactor | None = None
+        #: While False, connections through `reactor` are refused (ConnectionRefusedError).
+        self.accepting = True
         self._tcp: list[_ServerProtocol] = []
         self._ports: list[IListeningPort] = []
         self._count = 0
@@ -78,12 +82,27 @@ class MemoryBroker:
         credentials, `txpika.errors.NotAllowed` for an unknown virtual host).
         """
         protocol = AMQPProtocol(parameters or ConnectionParameters(), self.clock)
-        self._count += 1
-        pipe = Pipe(protocol, self.core.open_connection(), self._count)
-        self._pipes.append(pipe)
         ready = protocol.ready
-        pipe.connect()
+        self._attach(protocol)
         return ready
+
+    @property
+    def reactor(self) -> MemoryReactor:
+        """A reactor for code that connects by itself (``txpika.connect(broker.reactor,
+        url)``, ``AMQPService(broker.reactor, url)``): Twisted's ``MemoryReactor`` with
+        `clock` as its time, whose every ``connectTCP`` is an in-memory connection to this
+        broker, whatever the host and port, made on the next `flush` (refused while
+        `accepting` is False). Plain ``amqp://`` only: TLS is not spoken."""
+        if self._reactor is None:
+            self._reactor = MemoryReactor(self)
+        return self._reactor
+
+    def _attach(self, protocol: Protocol,
+                on_lost: Callable[[Failure], object] | None = None) -> None:
+        self._count += 1
+        pipe = Pipe(protocol, self.core.open_connection(), self._count, on_lost)
+        self._pipes.append(pipe)
+        pipe.connect()
 
     def flush(self) -> None:
         """Move frames both ways on every in-memory connection until nothing moves.
@@ -94,7 +113,7 @@ class MemoryBroker:
         requeues every message it gets, forever).
         """
         for _ in range(self.max_rounds):
-            moved = False
+            moved = self._reactor is not None and self._reactor.make_pending()
             for pipe in list(self._pipes):
                 if pipe.pump():
                     moved = True

@@ -9,7 +9,7 @@ bytes per ``dataReceived`` and only while the client reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from twisted.internet.address import IPv4Address
@@ -83,8 +83,10 @@ class MemoryTransport:
 class Pipe:
     """One client protocol connected to one server connection, in memory."""
 
-    def __init__(self, protocol: Protocol, server: ServerConnection, number: int) -> None:
+    def __init__(self, protocol: Protocol, server: ServerConnection, number: int,
+                 on_lost: Callable[[Failure], object] | None = None) -> None:
         self.protocol = protocol
+        self._on_lost = on_lost
         self.server = server
         self.transport = MemoryTransport(self, number)
         self.to_server: list[bytes] = []
@@ -127,4 +129,7 @@ class Pipe:
         self.to_server.clear()
         self.to_client.clear()
         self.server.connection_lost()
-        self.protocol.connectionLost(Failure(reason))  # type: ignore[no-untyped-call]
+        failure = Failure(reason)  # type: ignore[no-untyped-call]
+        self.protocol.connectionLost(failure)
+        if self._on_lost is not None:
+            self._on_lost(failure)
