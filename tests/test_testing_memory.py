@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
@@ -270,3 +271,25 @@ def test_block_publishers_like_a_resource_alarm(broker: MemoryBroker) -> None:
     assert first.called and second.called
     assert [m.body for m in broker.queue("jobs").messages] == [b"1", b"2"]
     assert flow == [(False, "low on memory"), (True, "")] and not connection.is_blocked
+
+
+@pytest_twisted.ensureDeferred
+async def test_autoflush_lets_a_test_await_on_the_reactor() -> None:
+    from twisted.internet import reactor
+
+    broker = MemoryBroker(reactor, autoflush=True)  # type: ignore[arg-type]
+
+    def within(d: Deferred[Any]) -> Deferred[Any]:
+        return d.addTimeout(5, reactor)  # type: ignore[arg-type]
+
+    connection = await within(broker.connect())
+    ch = await within(connection.channel())
+    await within(ch.queue_declare("jobs"))
+    await within(ch.confirm_select())
+    await within(ch.basic_publish("", "jobs", b"awaited"))
+    consumer = await within(ch.basic_consume("jobs"))
+    message = await within(consumer.get())
+    assert message.body == b"awaited"
+    await within(message.ack())
+    await within(connection.close())
+    assert broker.queue("jobs").unacked == () and broker.connections == []

@@ -41,6 +41,10 @@ class MemoryBroker:
     (default ``["/"]``). ``heartbeat``, ``frame_max`` and ``channel_max`` are what the
     broker proposes in ``connection.tune``, as RabbitMQ's defaults.
 
+    With ``autoflush=True`` the broker calls `flush` itself, on the clock's next turn
+    (``callLater(0)``) after anything is written: with the reactor as the clock, a test under
+    trial or pytest-twisted can simply ``await`` txpika calls.
+
     Where it implements a feature it answers as RabbitMQ 3.x does, reply codes and texts
     included; what it does not implement (priorities, quorum and stream queues, direct
     reply-to, ``x-`` exchange types...) is refused with ``connection.close`` 540
@@ -54,7 +58,8 @@ class MemoryBroker:
 
     def __init__(self, clock: IReactorTime | None = None, *,
                  users: Mapping[str, str] | None = None, vhosts: Iterable[str] = ("/",),
-                 heartbeat: int = 60, frame_max: int = 131072, channel_max: int = 2047) -> None:
+                 heartbeat: int = 60, frame_max: int = 131072, channel_max: int = 2047,
+                 autoflush: bool = False) -> None:
         self.clock: IReactorTime = clock if clock is not None else Clock()
         self.core = BrokerCore(self.clock, users if users is not None else {"guest": "guest"},
                                list(vhosts), channel_max=channel_max, frame_max=frame_max,
@@ -63,6 +68,8 @@ class MemoryBroker:
         self._reactor: MemoryReactor | None = None
         #: While False, connections through `reactor` are refused (ConnectionRefusedError).
         self.accepting = True
+        self.autoflush = autoflush
+        self._flush_call: Any = None
         self._tcp: list[_ServerProtocol] = []
         self._ports: list[IListeningPort] = []
         self._count = 0
@@ -101,8 +108,17 @@ class MemoryBroker:
                 on_lost: Callable[[Failure], object] | None = None) -> None:
         self._count += 1
         pipe = Pipe(protocol, self.core.open_connection(), self._count, on_lost)
+        pipe.on_ready = self._schedule_flush
         self._pipes.append(pipe)
         pipe.connect()
+
+    def _schedule_flush(self) -> None:
+        if self.autoflush and self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._autoflush)
+
+    def _autoflush(self) -> None:
+        self._flush_call = None
+        self.flush()
 
     def flush(self) -> None:
         """Move frames both ways on every in-memory connection until nothing moves.

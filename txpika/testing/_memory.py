@@ -43,6 +43,7 @@ class MemoryTransport:
     def write(self, data: bytes) -> None:
         if not self.disconnecting and not self._pipe.closed:
             self._pipe.to_server.append(bytes(data))
+            self._pipe.wake()
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         for piece in data:
@@ -50,6 +51,7 @@ class MemoryTransport:
 
     def loseConnection(self) -> None:
         self.disconnecting = True
+        self._pipe.wake()
 
     def abortConnection(self) -> None:
         self.disconnecting = True
@@ -87,6 +89,8 @@ class Pipe:
                  on_lost: Callable[[Failure], object] | None = None) -> None:
         self.protocol = protocol
         self._on_lost = on_lost
+        #: Called when something waits to move (the broker's autoflush), or None.
+        self.on_ready: Callable[[], object] | None = None
         self.server = server
         self.transport = MemoryTransport(self, number)
         self.to_server: list[bytes] = []
@@ -95,7 +99,12 @@ class Pipe:
         self.closed = False
 
     def connect(self) -> None:
+        self.server.on_output = self.wake
         self.protocol.makeConnection(self.transport)  # type: ignore[no-untyped-call]
+
+    def wake(self) -> None:
+        if self.on_ready is not None:
+            self.on_ready()
 
     def pump(self) -> bool:
         """Move what can move; True if anything did."""
