@@ -293,3 +293,20 @@ async def test_autoflush_lets_a_test_await_on_the_reactor() -> None:
     await within(message.ack())
     await within(connection.close())
     assert broker.queue("jobs").unacked == () and broker.connections == []
+
+
+@pytest.mark.parametrize("frame_max", [4096, 131072])
+def test_large_message_in_many_frames(broker: MemoryBroker, frame_max: int) -> None:
+    connection = result(broker, broker.connect(ConnectionParameters(frame_max=frame_max)))
+    body = bytes(range(256)) * 4096  # 1 MiB
+
+    async def roundtrip() -> Any:
+        ch = await connection.channel()
+        await ch.queue_declare("big")
+        await ch.confirm_select()
+        await ch.basic_publish("", "big", body)
+        return await ch.basic_get("big", auto_ack=True)
+
+    message = result(broker, roundtrip())
+    assert message.body == body
+    assert broker.queue("big").messages == ()
