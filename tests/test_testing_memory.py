@@ -310,3 +310,10 @@ def test_large_message_in_many_frames(broker: MemoryBroker, frame_max: int) -> N
     message = result(broker, roundtrip())
     assert message.body == body
     assert broker.queue("big").messages == ()
+
+
+def test_amqp_0_8_is_refused_with_our_protocol_header(broker: MemoryBroker) -> None:
+    error = failure(broker, broker.connect(ConnectionParameters(protocol="0-8")))
+    assert isinstance(error, txpika.ProtocolError)
+    assert "does not speak AMQP 0-8" in str(error)
+    assert broker.connections == []
