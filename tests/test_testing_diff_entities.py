@@ -393,3 +393,37 @@ async def queue_expires_when_unused_and_auto_delete_exchange(env: Env) -> None:
     probe = await env.channel()
     assert isinstance(await env.failure(probe.exchange_declare(x, passive=True)),
                       errors.NotFound)
+
+
+@scenario
+async def topic_edge_cases(env: Env) -> None:
+    ch = await env.channel()
+    x = env.name("topic")
+    await env.within(ch.exchange_declare(x, "topic"))
+    patterns = ["*", "#", "#.a", "a.#", "a.#.b", "a.*", "*.*", "#.#", "a..b", "a.*.b", ""]
+    queues = {}
+    for pattern in patterns:
+        q = env.name("t")
+        queues[pattern] = q
+        await env.within(ch.queue_declare(q))
+        await env.within(ch.queue_bind(q, x, pattern))
+    await env.within(ch.confirm_select())
+    keys = ["", "a", "b", "a.b", "b.a", "a.a", "a..b", "a.x.b", "a.x.y.b", ".", "a."]
+    for key in keys:
+        await env.within(ch.basic_publish(x, key, key.encode() or b"<empty>"))
+    got = await routed(env, ch, list(queues.values()))
+    table = {pattern: [b.decode() for b in got[q]] for pattern, q in queues.items()}
+    assert table == {
+        "*": ["a", "b"],  # an empty key has no words
+        "#": ["<empty>", "a", "b", "a.b", "b.a", "a.a", "a..b", "a.x.b", "a.x.y.b", ".", "a."],
+        "#.a": ["a", "b.a", "a.a"],
+        "a.#": ["a", "a.b", "a.a", "a..b", "a.x.b", "a.x.y.b", "a."],
+        "a.#.b": ["a.b", "a..b", "a.x.b", "a.x.y.b"],
+        "a.*": ["a.b", "a.a", "a."],
+        "*.*": ["a.b", "b.a", "a.a", ".", "a."],
+        "#.#": ["<empty>", "a", "b", "a.b", "b.a", "a.a", "a..b", "a.x.b", "a.x.y.b", ".",
+                "a."],
+        "a..b": ["a..b"],
+        "a.*.b": ["a..b", "a.x.b"],
+        "": ["<empty>"],
+    }

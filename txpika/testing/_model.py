@@ -140,8 +140,16 @@ def server_name(prefix: str) -> str:
 
 
 def topic_match(pattern: str, key: str) -> bool:
-    """Whether a topic binding key (``*`` one word, ``#`` zero or more) matches ``key``."""
-    return _topic(pattern.split("."), 0, key.split("."), 0)
+    """Whether a topic binding key (``*`` one word, ``#`` zero or more) matches ``key``.
+
+    As in RabbitMQ, an empty key (or pattern) has no words at all, while ``"."`` has two
+    empty ones.
+    """
+    return _topic(_words(pattern), 0, _words(key), 0)
+
+
+def _words(key: str) -> list[str]:
+    return key.split(".") if key else []
 
 
 def _topic(pat: list[str], i: int, words: list[str], j: int) -> bool:
