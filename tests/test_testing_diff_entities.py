@@ -427,3 +427,39 @@ async def topic_edge_cases(env: Env) -> None:
         "a.*.b": ["a..b", "a.x.b"],
         "": ["<empty>"],
     }
+
+
+@scenario
+async def headers_edge_cases(env: Env) -> None:
+    ch = await env.channel()
+    x = env.name("headers")
+    await env.within(ch.exchange_declare(x, "headers"))
+    bindings = {
+        "present": {"x-match": "all", "flag": None},
+        "typed": {"n": 1},
+        "x-keys": {"x-match": "all", "x-trace": "on"},
+        "any-empty": {"x-match": "any"},
+        "all-empty": {},
+    }
+    queues = {}
+    for name, args in bindings.items():
+        q = env.name(name)
+        queues[name] = q
+        await env.within(ch.queue_declare(q))
+        await env.within(ch.queue_bind(q, x, arguments=args))
+    await env.within(ch.confirm_select())
+    messages = {"flag-1": {"flag": 1}, "flag-void": {"flag": None}, "n-int": {"n": 1},
+                "n-str": {"n": "1"}, "n-bool": {"n": True}, "trace": {"x-trace": "on"},
+                "nothing": {}}
+    for body, headers in messages.items():
+        await env.within(ch.basic_publish(x, "", body.encode(),
+                                          properties=txpika.BasicProperties(headers=headers)))
+    got = await routed(env, ch, list(queues.values()))
+    table = {name: sorted(b.decode() for b in got[q]) for name, q in queues.items()}
+    assert table == {
+        "present": ["flag-1", "flag-void"],
+        "typed": ["n-int"],
+        "x-keys": sorted(messages),  # keys starting with x- are not compared
+        "any-empty": [],
+        "all-empty": sorted(messages),
+    }
