@@ -426,3 +426,37 @@ async def max_length_bytes_and_reject_publish_dlx(env: Env) -> None:
     message = await env.within(dead.get())
     assert message.body == b"refused"
     assert death(message)[0]["reason"] == "maxlen"
+
+
+@scenario
+async def what_counts_ready_and_what_unacked(env: Env) -> None:
+    ch = await env.channel()
+    # x-max-length counts ready messages only: an unacked one does not take a place.
+    q = env.name("limited")
+    await env.within(ch.queue_declare(q, arguments={"x-max-length": 1}))
+    await env.within(ch.confirm_select())
+    await env.within(ch.basic_publish("", q, b"first"))
+    held = await env.within(ch.basic_get(q))
+    await env.within(ch.basic_publish("", q, b"second"))
+    await env.within(ch.basic_publish("", q, b"third"))  # drops "second"
+    # purge and delete count (and remove) ready messages only.
+    assert (await env.within(ch.queue_purge(q))).message_count == 1
+    await env.within(ch.basic_publish("", q, b"fourth"))
+    assert (await env.within(ch.queue_delete(q))).message_count == 1
+    assert held.body == b"first"
+    # basic.qos without global applies to consumers started after it.
+    q2 = await queue_with(env, ch, [b"a", b"b", b"c"])
+    qos = await env.channel()
+    await env.within(qos.basic_qos(prefetch_count=1))
+    consumer = await env.within(qos.basic_consume(q2))
+    await env.within(qos.basic_qos(prefetch_count=10))
+    first = await env.within(consumer.get())
+    await env.nothing(consumer.get())
+    await env.within(first.ack())
+    # A message with TTL 0 still reaches a consumer that is waiting for it.
+    q3 = env.name("ttl0")
+    await env.within(ch.queue_declare(q3))
+    waiting = await env.within(ch.basic_consume(q3, auto_ack=True))
+    await env.within(ch.basic_publish("", q3, b"now or never", properties=txpika.BasicProperties(
+        expiration="0")))
+    assert (await env.within(waiting.get())).body == b"now or never"

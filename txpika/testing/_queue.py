@@ -141,6 +141,9 @@ class Queue:
                 and sum(e.size for e in self.ready) + size > self.max_length_bytes)
 
     def enqueue(self, entry: Entry) -> None:
+        self.expire()
+        if not self.ready and not self._dispatching and self._deliver_now(entry):
+            return  # straight to a waiting consumer: its TTL never comes into play
         self.ready.append(entry)
         if self.overflow == "drop-head":
             self._drop_over_limit()
@@ -183,6 +186,17 @@ class Queue:
         self._schedule_expiry()
         return count
 
+    def _deliver_now(self, entry: Entry) -> bool:
+        count = len(self._consumers)
+        for step in range(count):
+            index = (self._next + step) % count
+            consumer = self._consumers[index]
+            if consumer.has_room():
+                self._next = (index + 1) % count
+                consumer.deliver(self, entry)
+                return True
+        return False
+
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with room, round-robin."""
         if self._dispatching or self.deleted:
@@ -190,18 +204,8 @@ class Queue:
         self._dispatching = True
         try:
             self.expire()
-            while self.ready and self._consumers:
-                count = len(self._consumers)
-                for step in range(count):
-                    index = (self._next + step) % count
-                    consumer = self._consumers[index]
-                    if consumer.has_room():
-                        break
-                else:
-                    break
-                self._next = (index + 1) % count
-                entry = self.ready.pop(0)
-                consumer.deliver(self, entry)
+            while self.ready and self._deliver_now(self.ready[0]):
+                self.ready.pop(0)
         finally:
             self._dispatching = False
         self._schedule_expiry()
