@@ -460,3 +460,22 @@ async def what_counts_ready_and_what_unacked(env: Env) -> None:
     await env.within(ch.basic_publish("", q3, b"now or never", properties=txpika.BasicProperties(
         expiration="0")))
     assert (await env.within(waiting.get())).body == b"now or never"
+
+
+@scenario
+async def an_expiry_loop_is_broken_by_the_broker(env: Env) -> None:
+    ch = await env.channel()
+    a, b = env.name("a"), env.name("b")
+    to_a, to_b = env.name("to-a"), env.name("to-b")
+    for x in (to_a, to_b):
+        await env.within(ch.exchange_declare(x, "fanout"))
+    for q, dlx in ((a, to_b), (b, to_a)):
+        await env.within(ch.queue_declare(q, arguments={"x-dead-letter-exchange": dlx,
+                                                        "x-message-ttl": 50}))
+    await env.within(ch.queue_bind(a, to_a))
+    await env.within(ch.queue_bind(b, to_b))
+    await env.within(ch.confirm_select())
+    await env.within(ch.basic_publish("", a, b"round and round"))
+    await env.wait(0.5)
+    for q in (a, b):
+        assert (await env.within(ch.queue_declare(q, passive=True))).message_count == 0

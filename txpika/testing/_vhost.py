@@ -380,13 +380,23 @@ class VirtualHost:
         key = queue.dead_letter_routing_key
         keys = (key,) if key is not None else entry.routing_keys
         message = BrokerMessage(old.body, properties, dlx, keys[0])
-        automatic = all(d.get("reason") != "rejected" for d in deaths)
         for target in self.route(dlx, keys, headers):
-            if automatic and any(d.get("queue") == target.name for d in deaths):
-                continue  # a cycle nobody breaks: RabbitMQ drops the message
+            if _is_cycle(target.name, deaths):
+                continue  # a cycle that no client breaks: RabbitMQ drops the message
             if target.would_reject(len(old.body)):
                 continue
             target.enqueue(target.new_entry(message, keys, None))
+
+
+def _is_cycle(queue: str, deaths: list[dict[str, Any]]) -> bool:
+    """Whether dead-lettering to ``queue`` closes a loop with no rejection in it (the
+    deaths since the message last died in ``queue``, most recent first)."""
+    for death in deaths:
+        if death.get("reason") == "rejected":
+            return False
+        if death.get("queue") == queue:
+            return True
+    return False
 
 
 def _expiration(properties: BasicProperties) -> int | None:
