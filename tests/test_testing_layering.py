@@ -70,3 +70,14 @@ def test_nothing_in_txpika_imports_testing() -> None:
     for path in sorted(PACKAGE.glob("*.py")):
         bad = {n for n in imports(path) if n.startswith("txpika.testing")}
         assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def test_every_exported_name_is_documented() -> None:
+    import txpika.testing as kit
+
+    for name in kit.__all__:
+        obj = getattr(kit, name)
+        assert obj.__doc__ and obj.__doc__.strip(), name
+        for attr, value in vars(obj).items():
+            if not attr.startswith("_") and callable(value) and not isinstance(value, type):
+                assert value.__doc__, f"{name}.{attr} has no docstring"

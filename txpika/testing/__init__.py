@@ -29,7 +29,7 @@ from txpika.testing._core import BrokerCore
 from txpika.testing._model import BrokerMessage
 from txpika.testing._queue import Queue
 from txpika.testing._server import ServerConnection
-from txpika.testing._vhost import Binding, Exchange
+from txpika.testing._vhost import Binding, Exchange, VirtualHost
 
 if TYPE_CHECKING:
     from txpika.testing._broker import MemoryBroker
@@ -42,6 +42,7 @@ __all__ = [
     "MemoryBroker",
     "Queue",
     "ServerConnection",
+    "VirtualHost",
 ]
 
 

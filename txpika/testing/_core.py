@@ -57,11 +57,13 @@ class BrokerCore:
         self.blocked = reason
 
     def unblock(self) -> None:
+        """End `block`: blocked connections get ``connection.unblocked`` and are read."""
         self.blocked = None
         for conn in list(self.connections):
             conn.unblock()
 
     def open_connection(self) -> ServerConnection:
+        """A new connection's broker side (the driver feeds it bytes)."""
         conn = ServerConnection(self)
         self.connections.append(conn)
         return conn

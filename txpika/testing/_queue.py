@@ -76,6 +76,7 @@ class Queue:
 
     @property
     def exclusive(self) -> bool:
+        """True for a queue that belongs to one connection."""
         return self.owner is not None
 
     @property
@@ -100,17 +101,20 @@ class Queue:
 
     @property
     def consumer_objects(self) -> list[QueueConsumer]:
+        """The consumers themselves (for the broker's own use)."""
         return self._consumers
 
     # -- consumers --------------------------------------------------------------------------
 
     def add_consumer(self, consumer: QueueConsumer) -> None:
+        """Serve ``consumer`` too (after the others) and deliver what it has room for."""
         self._consumers.append(consumer)
         self._had_consumer = True
         self._cancel_unused()
         self.dispatch()
 
     def remove_consumer(self, consumer: QueueConsumer) -> None:
+        """Stop serving ``consumer``; an auto-delete queue goes with its last consumer."""
         if consumer in self._consumers:
             self._consumers.remove(consumer)
         if self._consumers or self.deleted:
@@ -141,6 +145,7 @@ class Queue:
                 and sum(e.size for e in self.ready) + size > self.max_length_bytes)
 
     def enqueue(self, entry: Entry) -> None:
+        """A routed message: to a waiting consumer, or at the tail (length limits apply)."""
         self.expire()
         if not self.ready and not self._dispatching and self._deliver_now(entry):
             return  # straight to a waiting consumer: its TTL never comes into play
@@ -181,6 +186,7 @@ class Queue:
         return entry
 
     def purge(self) -> int:
+        """Drop the ready messages (not the unacked ones); returns how many."""
         count = len(self.ready)
         self.ready.clear()
         self._schedule_expiry()

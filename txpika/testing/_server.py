@@ -94,10 +94,12 @@ class ServerConnection:
 
     @property
     def is_open(self) -> bool:
+        """True between connection.open-ok and any close."""
         return self.state is State.OPEN
 
     @property
     def capabilities(self) -> Mapping[str, Any]:
+        """The capabilities the client announced in start-ok."""
         caps = self.client_properties.get("capabilities")
         return caps if isinstance(caps, Mapping) else {}
 
@@ -170,10 +172,12 @@ class ServerConnection:
     # -- output ------------------------------------------------------------------------------
 
     def send_method(self, channel: int, method: Any) -> None:
+        """Queue a method frame for the client."""
         self._out.append(encode_method(channel, method))
         self._wake()
 
     def send_content(self, channel: int, method: Any, properties: Any, body: bytes) -> None:
+        """Queue a method with content (header and body frames) for the client."""
         self._out.extend(encode_content(channel, method, properties, body, self.frame_max))
         self._wake()
 
@@ -460,6 +464,7 @@ class ServerConnection:
         self._schedule()
 
     def send_method_raw(self, data: bytes) -> None:
+        """Queue already encoded bytes (a heartbeat) for the client."""
         self._out.append(data)
         self._wake()
 

@@ -75,6 +75,7 @@ class Exchange:
 
     def matches(self, binding: Binding, keys: tuple[str, ...],
                 headers: Mapping[str, Any]) -> bool:
+        """Whether ``binding`` (one of ours) takes a message with ``keys`` and ``headers``."""
         if self.type == "fanout":
             return True
         if self.type == "direct":
@@ -97,6 +98,7 @@ class VirtualHost:
         self.queues: dict[str, Queue] = {}
 
     def now(self) -> float:
+        """The broker clock's time, in seconds."""
         return self.clock.seconds()
 
     def _in(self) -> str:
@@ -105,6 +107,7 @@ class VirtualHost:
     # -- exchanges ---------------------------------------------------------------------------
 
     def exchange(self, name: str) -> Exchange:
+        """The exchange ``name``; 404 if missing, 403 for the default exchange."""
         if name == "":
             raise Fault(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
         found = self.exchanges.get(name)
@@ -115,6 +118,8 @@ class VirtualHost:
     def declare_exchange(self, name: str, kind: str, *, passive: bool, durable: bool,
                          auto_delete: bool, internal: bool,
                          arguments: Mapping[str, Any]) -> None:
+        """``exchange.declare`` with RabbitMQ's checks (503 unknown type, 403 ``amq.*``,
+        406 inequivalent)."""
         if passive:
             if name:
                 self.exchange(name)
@@ -144,6 +149,8 @@ class VirtualHost:
         _same_args(found.arguments, arguments, ("alternate-exchange",), what)
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
+        """``exchange.delete``: nothing if it does not exist; 403 for system exchanges,
+        406 ``if_unused``."""
         if name in SYSTEM_EXCHANGES:
             raise Fault(errors.ACCESS_REFUSED,
                         f"deletion of system exchange '{name}' {self._in()} not allowed")
@@ -166,6 +173,7 @@ class VirtualHost:
     # -- bindings ----------------------------------------------------------------------------
 
     def bind(self, binding: Binding) -> None:
+        """Add a binding (once); 404 for a missing source exchange."""
         source = self.exchange(binding.source)
         binding = dataclasses.replace(binding, arguments=dict(binding.arguments))
         if source.type == "headers":
@@ -178,6 +186,7 @@ class VirtualHost:
             source.bindings.append(binding)
 
     def unbind(self, binding: Binding) -> None:
+        """Remove a binding if it exists (an auto-delete source may go with it)."""
         source = self.exchanges.get(binding.source)
         if source is None:
             return
@@ -191,6 +200,7 @@ class VirtualHost:
             self._remove_exchange(source)
 
     def bindings(self) -> list[Binding]:
+        """Every binding, by source exchange."""
         return [b for x in self.exchanges.values() for b in x.bindings]
 
     # -- queues ------------------------------------------------------------------------------
@@ -213,6 +223,8 @@ class VirtualHost:
     def declare_queue(self, conn: object, name: str, *, passive: bool, durable: bool,
                       exclusive: bool, auto_delete: bool,
                       arguments: Mapping[str, Any]) -> Queue:
+        """``queue.declare`` for ``conn`` with RabbitMQ's checks (403, 405, 406); returns
+        the queue."""
         if passive:
             return self.queue(name, conn)
         if name == "":
