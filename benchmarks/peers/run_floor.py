@@ -114,7 +114,7 @@ async def rpc(p: Params, meter: Meter) -> dict[str, Any]:
     meter.stop()
     # The core no longer knows where the connection stands: drop the transport, no
     # connection.close. Wait (outside the timed part) until it is gone.
-    gone = conn.when_closed()
+    gone = (conn.when_closed if hasattr(conn, "when_closed") else conn.closed)()
     gone.addTimeout(10, reactor)
     conn.transport.loseConnection()
     with contextlib.suppress(Exception):
