@@ -44,9 +44,8 @@ BACKENDS = [
 
 
 def when_closed(conn: AMQPProtocol) -> Deferred[BaseException]:
-    """``when_closed()`` (the lead's new name) or ``closed()`` (today's)."""
-    method = getattr(conn, "when_closed", None) or conn.closed
-    return method()  # type: ignore[no-any-return]
+    """Fires with why ``conn`` ended."""
+    return conn.when_closed()
 
 
 class Env:

@@ -479,6 +479,30 @@ def test_publish_empty_body(h: Harness, ch: Channel) -> None:
     assert command.body == b"" and command.body_frames == ()
 
 
+def test_publish_fires_before_it_returns_on_an_idle_transport(h: Harness, ch: Channel) -> None:
+    """Without confirms, a publish the transport can take fires at once: an awaited publish
+    costs no trip through the reactor. So does one made from a callback while events are
+    dispatched (its frames may wait for the end of the batch, in order)."""
+    ds = [ch.basic_publish("", f"k{i}", b"%d" % i) for i in range(3)]
+    assert [d.called for d in ds] == [True, True, True]
+    for d in ds:
+        assert success(d) is None
+    assert _publishes(h) == [(1, "k0", b"0"), (1, "k1", b"1"), (1, "k2", b"2")]
+    # From a callback run while the broker's frames are dispatched:
+    fired_on_return: list[bool] = []
+
+    def publish_from_callback(_: object) -> None:
+        d = ch.basic_publish("", "cb", b"c")
+        fired_on_return.append(d.called)
+        assert h.transport.value() == b""  # written at the end of the batch
+
+    ch.basic_qos(prefetch_count=1).addCallback(publish_from_callback)
+    h.broker.commands()
+    h.broker.send(1, m.Basic.QosOk())
+    assert fired_on_return == [True]
+    assert _publishes(h) == [(1, "cb", b"c")]
+
+
 def test_publish_waits_while_the_transport_is_paused(h: Harness, ch: Channel) -> None:
     h.transport.producer.pauseProducing()
     order: list[int] = []

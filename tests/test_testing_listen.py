@@ -286,7 +286,7 @@ async def test_wrong_protocol_header_gets_ours_and_a_close(broker: MemoryBroker)
 async def test_stop_listening_closes_the_port(broker: MemoryBroker) -> None:
     url = await serve(broker)
     conn = await within(txpika.connect(reactor, url), 10)
-    closed = conn.closed()
+    closed = conn.when_closed()
     await broker.stop_listening()
     reason = await within(closed, 10)
     assert not isinstance(reason, txpika.ConnectionClosedByClient)

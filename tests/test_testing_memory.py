@@ -175,7 +175,7 @@ def test_ttl_runs_on_the_broker_clock(broker: MemoryBroker) -> None:
 
 def test_silent_client_is_dropped_after_two_heartbeats(broker: MemoryBroker) -> None:
     connection = result(broker, broker.connect())
-    closed = connection.closed()
+    closed = connection.when_closed()
     broker.clock.advance(200)  # type: ignore[attr-defined]  # one jump, no flush between
     broker.flush()
     assert closed.called
@@ -184,7 +184,7 @@ def test_silent_client_is_dropped_after_two_heartbeats(broker: MemoryBroker) -> 
 
 def test_close_and_drop_connections(broker: MemoryBroker) -> None:
     first = result(broker, broker.connect())
-    when = first.closed()
+    when = first.when_closed()
     broker.close_connections()
     broker.flush()
     reason = result(broker, when)
@@ -192,7 +192,7 @@ def test_close_and_drop_connections(broker: MemoryBroker) -> None:
     assert reason.reply_text == ("CONNECTION_FORCED - broker forced connection closure with "
                                  "reason 'shutdown'")
     second = result(broker, broker.connect())
-    lost = second.closed()
+    lost = second.when_closed()
     broker.drop_connections()
     reason = result(broker, lost)
     # A transport that went away (txpika.ConnectionLost once the core reports it so).

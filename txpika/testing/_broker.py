@@ -101,7 +101,7 @@ class MemoryBroker:
         broker, whatever the host and port, made on the next `flush` (refused while
         `accepting` is False). Plain ``amqp://`` only: TLS is not spoken."""
         if self._reactor is None:
-            self._reactor = MemoryReactor(self)
+            self._reactor = MemoryReactor(self, self._attach)
         return self._reactor
 
     def _attach(self, protocol: Protocol,

@@ -9,18 +9,35 @@ A handler raises `txpika.testing._model.Fault` to refuse; the connection turns t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from txpika import errors, spec
 from txpika.spec import BasicProperties
 from txpika.testing._model import Entry, Fault, not_implemented, server_name
 from txpika.testing._queue import Queue
-from txpika.testing._vhost import Binding
+from txpika.testing._vhost import Binding, VirtualHost
 
-if TYPE_CHECKING:
-    from txpika.testing._server import ServerConnection
+__all__ = ["ChannelConnection", "ServerChannel", "ServerConsumer"]
 
-__all__ = ["ServerChannel", "ServerConsumer"]
+
+class ChannelConnection(Protocol):
+    """What a channel needs of its connection (`txpika.testing._server.ServerConnection`).
+
+    The channel also hands it to its virtual host as the owner of exclusive queues."""
+
+    @property
+    def vhost(self) -> VirtualHost:
+        """The virtual host the connection opened."""
+
+    @property
+    def is_open(self) -> bool:
+        """True between connection.open-ok and any close."""
+
+    def send_method(self, channel: int, method: Any) -> None:
+        """Queue a method frame for the client."""
+
+    def send_content(self, channel: int, method: Any, properties: Any, body: bytes) -> None:
+        """Queue a method with content (header and body frames) for the client."""
 
 
 class ServerConsumer:
@@ -65,7 +82,7 @@ class _Delivery:
 class ServerChannel:
     """One open channel of a `txpika.testing._server.ServerConnection`."""
 
-    def __init__(self, conn: ServerConnection, number: int) -> None:
+    def __init__(self, conn: ChannelConnection, number: int) -> None:
         self.conn = conn
         self.number = number
         self.vhost = conn.vhost

@@ -10,14 +10,28 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from txpika.testing._model import BrokerMessage, DelayedCall, Entry
+from txpika.testing._model import BrokerMessage, Clock, DelayedCall, Entry
 
-if TYPE_CHECKING:
-    from txpika.testing._vhost import VirtualHost
+__all__ = ["Queue", "QueueConsumer", "QueueHost"]
 
-__all__ = ["Queue", "QueueConsumer"]
+
+class QueueHost(Protocol):
+    """What a queue needs of its virtual host (`txpika.testing._vhost.VirtualHost`)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The broker's clock, for the queue's timers (TTL, ``x-expires``)."""
+
+    def now(self) -> float:
+        """The broker clock's time, in seconds."""
+
+    def delete_queue(self, queue: Queue) -> int:
+        """Delete ``queue`` (auto-delete, ``x-expires``); returns its ready count."""
+
+    def dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
+        """``entry`` died in ``queue`` for ``reason``: dead-letter it or drop it."""
 
 
 class QueueConsumer(Protocol):
@@ -39,7 +53,7 @@ class QueueConsumer(Protocol):
 class Queue:
     """One queue. Tests read `name`, `messages`, `consumers`, `unacked` and `arguments`."""
 
-    def __init__(self, vhost: VirtualHost, name: str, *, durable: bool, auto_delete: bool,
+    def __init__(self, vhost: QueueHost, name: str, *, durable: bool, auto_delete: bool,
                  owner: object | None, arguments: Mapping[str, Any]) -> None:
         self.vhost = vhost
         self.name = name

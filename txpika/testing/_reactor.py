@@ -12,7 +12,7 @@ in-memory connection to the broker, made on the next `MemoryBroker.flush` (or re
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import testing
 from twisted.internet.error import ConnectionRefusedError
@@ -20,19 +20,31 @@ from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-if TYPE_CHECKING:
-    from txpika.testing._broker import MemoryBroker
-
 __all__ = ["MemoryReactor"]
+
+
+class _Host(Protocol):
+    """What the reactor needs of its broker (`txpika.testing.MemoryBroker`)."""
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+
+Attach = Callable[[Any, Callable[[Failure], object]], object]
 
 
 @implementer(IReactorTime)
 class MemoryReactor(testing.MemoryReactor):
     """See the module docstring."""
 
-    def __init__(self, broker: MemoryBroker) -> None:
+    def __init__(self, broker: _Host, attach: Attach) -> None:
+        """``attach(protocol, lost)`` connects a protocol to ``broker`` in memory."""
         super().__init__()  # type: ignore[no-untyped-call]
         self._broker = broker
+        self._attach = attach
         #: Connections asked for and not yet made: (factory, connector).
         self.pending: list[tuple[Any, IConnector]] = []
 
@@ -66,7 +78,7 @@ class MemoryReactor(testing.MemoryReactor):
                 continue
             protocol = factory.buildProtocol(connector.getDestination())
             if protocol is not None:
-                self._broker._attach(protocol, _lost(factory, connector))
+                self._attach(protocol, _lost(factory, connector))
         return bool(pending)
 
 

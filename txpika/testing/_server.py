@@ -1,7 +1,8 @@
 """The broker's side of AMQP 0-9-1 connections, sans-IO: bytes in, bytes out.
 
 A `txpika.testing._core.BrokerCore` holds the users, the virtual hosts and the tuning a
-broker offers; each `ServerConnection` is one client connection. A driver (the in-memory
+broker offers (what a connection reads of it is `ConnectionHost`); each `ServerConnection`
+is one client connection. A driver (the in-memory
 transport or a TCP protocol) feeds it with `ServerConnection.receive_data`, writes what
 `ServerConnection.data_to_send` returns, and closes its transport once `wants_close` is
 true and everything was written. ``on_output`` is called when output appears outside of
@@ -17,9 +18,9 @@ content out of place 505, each with RabbitMQ's reply text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableSequence
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from txpika import errors, spec
 from txpika.frames import (
@@ -35,13 +36,10 @@ from txpika.frames import (
     encode_method,
 )
 from txpika.testing._channel import ServerChannel
-from txpika.testing._model import CODE_NAMES, DelayedCall, Fault, credentials
+from txpika.testing._model import CODE_NAMES, Clock, DelayedCall, Fault, credentials
 from txpika.testing._vhost import VirtualHost
 
-if TYPE_CHECKING:
-    from txpika.testing._core import BrokerCore
-
-__all__ = ["ServerConnection"]
+__all__ = ["ConnectionHost", "ServerConnection"]
 
 PROTOCOL_HEADER: Final = spec.PROTOCOL_HEADER
 HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
@@ -49,6 +47,46 @@ HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 CLOSE_TIMEOUT: Final = 10.0
 #: The largest message body accepted (RabbitMQ's default max_message_size, 128 MiB).
 MAX_MESSAGE: Final = 134217728
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs of its broker (`txpika.testing._core.BrokerCore`)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The broker's clock: heartbeats and the close timeout."""
+
+    @property
+    def users(self) -> Mapping[str, str]:
+        """User name -> password, checked at start-ok."""
+
+    @property
+    def vhosts(self) -> Mapping[str, VirtualHost]:
+        """The virtual hosts by name (the first one until connection.open)."""
+
+    @property
+    def channel_max(self) -> int:
+        """The channel-max proposed in connection.tune."""
+
+    @property
+    def frame_max(self) -> int:
+        """The largest frame the broker accepts, proposed in connection.tune."""
+
+    @property
+    def heartbeat(self) -> int:
+        """The heartbeat interval proposed in connection.tune, in seconds."""
+
+    @property
+    def server_properties(self) -> Mapping[str, Any]:
+        """The server properties sent in connection.start."""
+
+    @property
+    def blocked(self) -> str | None:
+        """The reason while publishers are blocked, else None."""
+
+    @property
+    def connections(self) -> MutableSequence[ServerConnection]:
+        """The broker's open connections; a connection removes itself when it ends."""
 
 
 class State(Enum):
@@ -64,7 +102,7 @@ class State(Enum):
 class ServerConnection:
     """The broker's side of one connection."""
 
-    def __init__(self, core: BrokerCore) -> None:
+    def __init__(self, core: ConnectionHost) -> None:
         self.core = core
         self.state = State.HEADER
         self.vhost: VirtualHost = next(iter(core.vhosts.values()))
