@@ -23,15 +23,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    ensureDeferred,
-    maybeDeferred,
-)
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txpika.channel import Message
 from txpika.client import AMQPService
@@ -194,16 +189,31 @@ class ConsumerService(Service):
         self._run(message)
 
     def _run(self, message: Message) -> None:
-        d: Deferred[Any] = maybeDeferred(self.handler, message)
-        d.addCallback(_await_coroutine)
+        try:
+            result: object = self.handler(message)
+        except Exception:
+            self._done(message, Failure())  # type: ignore[no-untyped-call]
+            return
+        if result is None or not isinstance(result, (Deferred, Coroutine)):
+            # The usual handler: done when it returns. No Deferred, no bookkeeping.
+            self._done(message, None)
+            return
+        d: Deferred[Any] = result if isinstance(result, Deferred) else ensureDeferred(result)
         if self.handler_timeout is not None:
             d.addTimeout(self.handler_timeout, self.clock)
         self._running.add(d)
-        d.addCallbacks(lambda _: self._done(message, None),
-                       lambda f: self._done(message, f))
-        d.addBoth(lambda _: self._finished(d))
+        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(message, d),
+                       errbackArgs=(message, d))
 
-    def _done(self, message: Message, failure: Any) -> None:
+    def _succeeded(self, result: object, message: Message, d: Deferred[Any]) -> None:
+        self._done(message, None)
+        self._finished(d)
+
+    def _failed(self, failure: Failure, message: Message, d: Deferred[Any]) -> None:
+        self._done(message, failure)
+        self._finished(d)
+
+    def _done(self, message: Message, failure: Failure | None) -> None:
         if failure is None:
             self.stats["acked"] += 1
             self._settle(message, "ack")
@@ -211,22 +221,25 @@ class ConsumerService(Service):
         self.stats["failed"] += 1
         # A handler cut off by the drain deadline did nothing wrong: always requeue it.
         requeue = self.on_error == "requeue" or (
-            self._stopping and failure.check(CancelledError) is not None)
+            self._stopping and isinstance(failure.value, CancelledError))
         log.failure("handler failed on delivery {tag} from {queue!r}; {action}", failure,
                     tag=message.delivery_tag, queue=self.queue,
                     action="requeueing" if requeue else "rejecting")
         self._settle(message, "reject", requeue=requeue)
 
-    def _settle(self, message: Message, how: str, **kwargs: Any) -> None:
+    def _settle(self, message: Message, how: str, requeue: bool = True) -> None:
         channel = message.channel
         if channel is None or not channel.is_open:
             self.stats["stale_acks"] += 1
             log.info("dropping {how} of delivery {tag}: its connection was replaced (the "
                      "broker requeued it)", how=how, tag=message.delivery_tag)
             return
-        d: Deferred[None] = getattr(message, how)(**kwargs)
-        d.addErrback(lambda f: log.warn("could not {how} delivery {tag}: {error}", how=how,
-                                        tag=message.delivery_tag, error=f.value))
+        d = message.ack() if how == "ack" else message.reject(requeue=requeue)
+        d.addErrback(self._settle_failed, how, message.delivery_tag)
+
+    def _settle_failed(self, failure: Failure, how: str, tag: int) -> None:
+        log.warn("could not {how} delivery {tag}: {error}", how=how, tag=tag,
+                 error=failure.value)
 
     def _finished(self, d: Deferred[Any]) -> None:
         self._running.discard(d)
@@ -271,10 +284,3 @@ class ConsumerService(Service):
             except Exception as exc:
                 log.info("could not close the channel cleanly: {error}", error=exc)
         log.info("stopped consuming {queue!r}", queue=self.queue)
-
-
-def _await_coroutine(result: Any) -> Any:
-    if isinstance(result, Coroutine):
-        return ensureDeferred(result)
-    return result
-

@@ -17,8 +17,7 @@ bounded by ``max_pending`` messages: past that, a publish fails at once with
 
 from __future__ import annotations
 
-import contextlib
-from collections import deque
+import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -57,9 +56,10 @@ class PublishingService(Protocol):
 
 
 class _Pending:
-    __slots__ = ("args", "deferred", "sent", "tried")
+    __slots__ = ("args", "deferred", "number", "sent", "tried")
 
-    def __init__(self, args: tuple[Any, ...]) -> None:
+    def __init__(self, number: int, args: tuple[Any, ...]) -> None:
+        self.number = number  # its place in the publisher's order
         self.args = args
         self.deferred: Deferred[None] = Deferred()
         self.sent = False  # on the wire now, awaiting the broker's answer
@@ -80,7 +80,9 @@ class Publisher:
         self.at_least_once = at_least_once
         self.max_pending = max_pending
         self._channel: RobustChannel | None = None
-        self._pending: deque[_Pending] = deque()  # held until acked (at-least-once)
+        # Held until acked (at-least-once), in publishing order (dicts keep insertion order).
+        self._pending: dict[int, _Pending] = {}
+        self._numbers = itertools.count()
         self._republished = 0
         self._unsent = 0  # held messages not on the wire
         service.add_state_listener(self._state_changed)
@@ -118,8 +120,8 @@ class Publisher:
         if len(self._pending) >= self.max_pending:
             return fail(FlowControlError(
                 f"{len(self._pending)} messages await the broker's ack (max_pending)"))
-        pending = _Pending(args)
-        self._pending.append(pending)
+        pending = _Pending(next(self._numbers), args)
+        self._pending[pending.number] = pending
         channel = self._channel
         if self._unsent or channel is None or not channel.is_open:
             self._unsent += 1  # nothing overtakes a message waiting to be (re)sent
@@ -135,13 +137,14 @@ class Publisher:
             self._republished += 1
         pending.sent = pending.tried = True
         d = self._channel.basic_publish(*pending.args)
-        d.addCallbacks(lambda _: self._acked(pending), lambda f: self._failed(pending, f))
+        d.addCallbacks(self._acked, self._failed, callbackArgs=(pending,),
+                       errbackArgs=(pending,))
 
-    def _acked(self, pending: _Pending) -> None:
-        self._forget(pending)
+    def _acked(self, result: object, pending: _Pending) -> None:
+        self._pending.pop(pending.number, None)
         pending.deferred.callback(None)
 
-    def _failed(self, pending: _Pending, failure: Any) -> None:
+    def _failed(self, failure: Any, pending: _Pending) -> None:
         if _retriable(failure.value) and self.service.state != "closed":
             pending.sent = False  # held: published again on the next connection
             self._unsent += 1
@@ -150,8 +153,7 @@ class Publisher:
         pending.deferred.errback(failure)
 
     def _forget(self, pending: _Pending) -> None:
-        with contextlib.suppress(ValueError):
-            self._pending.remove(pending)
+        self._pending.pop(pending.number, None)
 
     def _state_changed(self, state: str) -> None:
         if state == "open" and self.at_least_once:
@@ -166,7 +168,7 @@ class Publisher:
     def _fail_held(self) -> None:
         """The service stopped: what is held will never be sent; say so (what is on the
         wire fails with `OutcomeUnknownError` as the connection closes)."""
-        held = [pending for pending in self._pending if not pending.sent]
+        held = [pending for pending in self._pending.values() if not pending.sent]
         self._unsent = 0
         for pending in held:
             self._forget(pending)
@@ -182,7 +184,7 @@ class Publisher:
         if channel is None or not channel.is_open or not self._unsent:
             return
         count = 0
-        for pending in list(self._pending):
+        for pending in list(self._pending.values()):
             if not pending.sent:
                 count += 1
                 self._send(pending)

@@ -504,8 +504,12 @@ class RobustChannel:
                       timeout: float | None = None) -> Deferred[None]:
         """As `Channel.basic_publish`; fails at once with `ConnectionRecovering` while
         there is no connection."""
-        return self._use(lambda ch: ch.basic_publish(exchange, routing_key, body, properties,
-                                                     mandatory, timeout=timeout))
+        channel = self._channel
+        if channel is None or self._closed or not channel.is_open:  # (the hot path: no _use)
+            return self._use(lambda ch: ch.basic_publish(exchange, routing_key, body,
+                                                         properties, mandatory, timeout))
+        return channel.basic_publish(exchange, routing_key, body, properties, mandatory,
+                                     timeout)
 
     def basic_get(self, queue: str, auto_ack: bool = False,
                   timeout: float | None = None) -> Deferred[Message | None]:
