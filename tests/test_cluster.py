@@ -19,6 +19,7 @@ The cluster forms once per module (about 20 s here); every wait is bounded; bloc
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import re
 import signal
@@ -77,6 +78,15 @@ class History:
     @property
     def states(self) -> list[str]:
         return [state for state, _ in self.seen]
+
+
+def moved_on(service: AMQPService, broker: str | None) -> bool:
+    """The service is open again, on another broker than ``broker``."""
+    return service.state == "open" and service.current_broker != broker
+
+
+def grew(counter: collections.Counter[str], target: int) -> bool:
+    return len(counter) >= target
 
 
 async def plain_connection(url: str) -> Any:
@@ -166,16 +176,15 @@ async def test_quorum_queue_failover_under_load_loses_nothing(
             lost_at = time.monotonic()
             await in_thread(node.stop if how == "stop" else node.kill)
             # (after a kill the reactor may not have seen the connection drop yet)
-            await until(lambda b=broker: service.state == "open" and
-                        service.current_broker != b, 60, f"recovering after the {how}")
+            await until(functools.partial(moved_on, service, broker), 60,
+                        f"recovering after the {how}")
             recovered = time.monotonic() - lost_at
             now_on = cluster.node_for(service.current_broker)
             assert now_on is not node
             losses.append((how, node, now_on, recovered))
             assert await in_thread(cluster.wait_running, others, 60) == {
                 n.nodename for n in others}
-            target = len(handled) + 500
-            await until(lambda t=target: len(handled) >= t, 30,
+            await until(functools.partial(grew, handled, len(handled) + 500), 30,
                         f"consuming again after the {how} of {node.nodename}")
             await in_thread(node.start)
             await in_thread(cluster.wait_running, 3, 60)

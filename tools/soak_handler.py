@@ -62,4 +62,4 @@ def _install() -> None:
     # At the first message, not at import: twistd imports the handler before it runs.
     from twisted.internet import reactor
 
-    reactor.addSystemEventTrigger("after", "shutdown", _final)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("after", "shutdown", _final)
