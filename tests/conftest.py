@@ -10,6 +10,10 @@
   that stop, block or break a broker. One node is shared by the tests of a module and brought
   back to normal (application running, no memory alarm) before each test. Tests using it are
   marked ``private_broker``. If the node cannot start, the test fails with the reason.
+- ``cluster`` (function): a cluster of three private nodes (``rabbitcluster.Cluster``),
+  formed once per module and brought back to normal (every node running and in the
+  cluster) before each test. Tests using it are marked ``cluster``. If the cluster cannot
+  form, the test fails with the reason.
 
 Twisted: pytest-twisted is enabled by its entry point; tests that need the reactor ask for it
 (``pytest_twisted.ensureDeferred`` / ``pytest_twisted.inlineCallbacks``, or the ``reactor``
@@ -25,6 +29,7 @@ import urllib.parse
 from collections.abc import Iterator
 
 import pytest
+from rabbitcluster import Cluster
 from rabbitnode import PrivateNode, PrivateNodeError
 
 DEFAULT_TEST_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -121,6 +126,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.broker)
         if "private_node" in names and item.get_closest_marker("private_broker") is None:
             item.add_marker(pytest.mark.private_broker)
+        if "cluster" in names and item.get_closest_marker("cluster") is None:
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +158,30 @@ def private_node(_private_node_for_module: PrivateNode) -> PrivateNode:
     except PrivateNodeError as e:
         pytest.fail(f"could not bring the private RabbitMQ node back: {e}", pytrace=False)
     return node
+
+
+@pytest.fixture(scope="module")
+def _cluster_for_module() -> Iterator[Cluster]:
+    cluster = Cluster(3)
+    try:
+        cluster.start()
+    except PrivateNodeError as e:
+        pytest.fail(f"could not form a RabbitMQ cluster of private nodes: {e}", pytrace=False)
+    print(f"\ncluster of {len(cluster.nodes)} formed in {cluster.timings['total']:.1f} s "
+          f"(boot {cluster.timings['boot']:.1f} s, join {cluster.timings['join']:.1f} s)")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(_cluster_for_module: Cluster) -> Cluster:
+    cluster = _cluster_for_module
+    try:
+        for node in cluster.nodes:
+            node.reset()
+        cluster.wait_running(len(cluster.nodes), 60)
+    except PrivateNodeError as e:
+        pytest.fail(f"could not bring the cluster back to normal: {e}", pytrace=False)
+    return cluster
