@@ -318,7 +318,9 @@ class RobustChannel:
             await consumer._start(channel)
 
         def failed(failure: Any) -> None:
-            log.failure("could not restart consumer {tag}", failure, tag=consumer.consumer_tag)
+            # Usual in a cluster: the queue's node is down. No traceback for it.
+            log.warn("could not restart consumer {tag}: {error}", tag=consumer.consumer_tag,
+                     error=failure.value)
             consumer._end(ConsumerCancelled(consumer.consumer_tag))
 
         ensureDeferred(run()).addErrback(failed)
