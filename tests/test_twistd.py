@@ -300,7 +300,7 @@ async def test_daemon_consumes_survives_a_restart_and_stops_cleanly(
         tmp_path, "--url", node.url, "--queue", queue, "--handler",
         "handlers_for_tests:handle", "--declare", "--bind", "amq.topic:jobs.*",
         "--prefetch", "20", "--concurrency", "5", "--drain-timeout", "10",
-        "--heartbeat", "5", delay=0.01)
+        "--heartbeat", "5", delay=0.05)  # 300 messages: 3 s of work, still busy at SIGTERM
     try:
         await _exercise(daemon, node, queue)
     finally:
