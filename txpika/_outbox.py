@@ -31,6 +31,10 @@ __all__ = ["Outbox", "Unsent"]
 
 #: How many bytes of a large message are handed to the transport at a time.
 WRITE_BATCH = 262144
+#: The same for a ``write_pieces`` that sends pieces as they are (a ``sendmsg()``): more at
+#: once, since what it does not take stays here, uncopied (and at most 512 pieces).
+PIECES_BATCH = 2097152
+_MAX_PIECES = 512
 #: Output pieces that may wait for the end of an event batch before being written.
 MAX_BATCHED_CHUNKS = 64
 
@@ -57,8 +61,12 @@ class Outbox:
     """Output of one connection's core to its transport; see the module docstring."""
 
     def __init__(self, core: Connection, write: Callable[[bytes], None]) -> None:
+        """``write`` takes bytes. `write_pieces`, when the adapter sets it, takes a batch
+        of pieces (the memoryviews of a large body among them) as they are, as a
+        ``sendmsg()`` can, and returns how many bytes it took: the rest waits here."""
         self._core = core
         self._write = write
+        self.write_pieces: Callable[[list[bytes | memoryview]], int] | None = None
         self.paused = False  # the transport said stop
         self.batching = False  # the adapter is dispatching events
         self._writing = False  # inside write(): the transport may pause us from there
@@ -155,15 +163,18 @@ class Outbox:
     def _write_backlog(self) -> None:
         backlog = self._backlog
         write = self._write
+        write_pieces = self.write_pieces
+        limit = WRITE_BATCH if write_pieces is None else PIECES_BATCH
         self._writing = True  # a transport may pause and resume us from inside write()
         try:
             while backlog and not self.paused:
-                # Pieces of a batch are joined into one bytes: the only copy of a large
+                # Pieces of a batch go to the adapter as they are (a sendmsg() copies them
+                # into the kernel), or joined into one bytes: the only copy of a large
                 # body's memoryview pieces before the kernel's.
                 batch: list[bytes | memoryview] = []
                 written: list[Done] = []
                 size = 0
-                while backlog and size < WRITE_BATCH:
+                while backlog and size < limit and len(batch) < _MAX_PIECES:
                     item = backlog.popleft()
                     kind = type(item)
                     if kind is bytes or kind is memoryview:
@@ -177,11 +188,28 @@ class Outbox:
                             size += len(chunk)
                         item.chunks = None
                         written.append(item.done)
-                if batch:
-                    # may call pause() and stop the loop
-                    write(batch[0] if len(batch) == 1 and type(batch[0]) is bytes
-                          else b"".join(batch))
+                if batch:  # (may call pause() and stop the loop)
+                    if len(batch) == 1 and type(batch[0]) is bytes:
+                        write(batch[0])
+                    elif write_pieces is None:
+                        write(b"".join(batch))
+                    else:
+                        taken = write_pieces(batch)
+                        if taken < size:
+                            backlog.extendleft(reversed(_after(batch, taken)))
                 for done in written:
                     done(None)
         finally:
             self._writing = False
+
+
+def _after(pieces: list[bytes | memoryview], taken: int) -> list[bytes | memoryview]:
+    """What is left of ``pieces`` once their first ``taken`` bytes are gone."""
+    for index, piece in enumerate(pieces):
+        size = len(piece)
+        if taken >= size:
+            taken -= size
+            continue
+        first = memoryview(piece)[taken:] if taken else piece
+        return [first, *pieces[index + 1:]]
+    return []

@@ -4,6 +4,7 @@
 
 * On a plain TCP or UNIX transport (one that provides ``ISystemHandle`` with a stream
   socket, and not ``ISSLTransport``) a write goes straight to the socket with ``send()``
+  (a batch of a large body's pieces with one ``sendmsg()``, not copied first)
   while nothing the protocol handed to ``transport.write()`` may still be buffered there;
   whatever the socket does not take goes to ``transport.write()``, which keeps the order.
   The link then writes through the transport until it says its buffer is empty: it is
@@ -34,10 +35,12 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-__all__ = ["HIGH_WATER", "READ_SIZE", "Link"]
+__all__ = ["GIVE", "HIGH_WATER", "READ_SIZE", "Link"]
 
 #: Bytes handed to the transport and not yet drained over which publishing waits.
 HIGH_WATER = 262144
+#: What `Link.write_pieces` gives the transport when the socket is full.
+GIVE = 65536
 #: The most bytes one extra read asks for while reads fill what they ask.
 READ_SIZE = 262144
 #: Twisted's read size: a read this large (or larger) may have left more in the socket.
@@ -133,6 +136,46 @@ class Link:
             self._given += len(data)
             if self._given > HIGH_WATER:
                 self._pause()
+
+    def write_pieces(self, pieces: list[bytes | memoryview]) -> int:
+        """Write what the socket takes of ``pieces`` with one ``sendmsg()``, straight from
+        them (a large body's memoryviews are not copied on the way); returns how many bytes
+        were taken. When the socket is full, the next `GIVE` bytes go to the transport (it
+        says when it drained them, and output waits until then), and the rest is the
+        caller's to keep. Only for a direct link (`direct`) whose transport is drained."""
+        sock = self._sock
+        assert sock is not None
+        total = 0
+        for piece in pieces:
+            total += len(piece)
+        if self._given:  # (the transport still holds some: it goes first)
+            return 0
+        try:
+            sent = sock.sendmsg(pieces)
+        except OSError:  # full (EAGAIN), or broken: the transport will find out
+            sent = 0
+        if sent == total:
+            return sent
+        # The socket is full: hand the transport a little, to hear when it drained.
+        given: list[bytes | memoryview] = []
+        room = GIVE
+        skip = sent
+        for piece in pieces:
+            size = len(piece)
+            if skip >= size:
+                skip -= size
+                continue
+            view = memoryview(piece)[skip:skip + room]
+            skip = 0
+            given.append(view)
+            room -= len(view)
+            if not room:
+                break
+        data = b"".join(given)
+        self.transport.write(data)
+        self._given += len(data)
+        self._pause()
+        return sent + len(data)
 
     def drained(self) -> None:
         """The transport wants more: its buffer is empty."""

@@ -160,7 +160,7 @@ class FrameDecoder:
     """
 
     __slots__ = ("_body_channel", "_body_left", "_buf", "_error", "_extra", "_extra_len",
-                 "_method_decoders", "_methods", "_need", "_pos", "_properties",
+                 "_method_decoders", "_methods", "_pos", "_properties",
                  "_properties_decoders", "frame_max")
 
     def __init__(self, dialect: Dialect, frame_max: int = INITIAL_FRAME_MAX) -> None:
@@ -176,7 +176,6 @@ class FrameDecoder:
         self._pos = 0
         self._extra: list[bytes] = []
         self._extra_len = 0
-        self._need = 7
         self._error: FrameDecodeError | None = None
         # While a large body frame is handed out in pieces: the payload octets still to come
         # (0: only its end octet), and its channel. -1 otherwise.
@@ -213,16 +212,18 @@ class FrameDecoder:
         buf = self._buf
         pos = self._pos
         if self._extra:
-            if len(buf) - pos + self._extra_len < self._need:
-                return NEED_DATA
-            self._extra.insert(0, buf[pos:])
-            buf = self._buf = b"".join(self._extra)
-            pos = self._pos = 0
-            self._extra.clear()
-            self._extra_len = 0
+            # Bytes received in several pieces: go on in the next piece without copying, and
+            # join only what one frame needs (a header cut by a piece's end, a small frame).
+            if pos >= len(buf):
+                buf = self._buf = self._extra.pop(0)
+                self._extra_len -= len(buf)
+                pos = self._pos = 0
+            if len(buf) - pos < 7 and self._extra:
+                if len(buf) - pos + self._extra_len < 7:
+                    return NEED_DATA
+                buf, pos = self._gather(7)
         available = len(buf) - pos
         if available < 7:
-            self._need = 7
             return NEED_DATA
         kind, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
         frame_max = self.frame_max
@@ -237,14 +238,15 @@ class FrameDecoder:
                 self._pos = start
                 self._body_left = size
                 self._body_channel = channel
-                self._need = 7
                 return self._body_piece() or NEED_DATA
-            self._need = size + FRAME_OVERHEAD
-            return NEED_DATA
+            if not self._extra or len(buf) - pos + self._extra_len < size + FRAME_OVERHEAD:
+                return NEED_DATA
+            buf, pos = self._gather(size + FRAME_OVERHEAD)
+            start = pos + 7
+            end = start + size
         if buf[end] != FRAME_END:
             return self._fail(FRAME_ERROR, f"frame end octet is {buf[end]:#04x}, not 0xce")
         self._pos = end + 1
-        self._need = 7
         # Frames are built without calling their __init__: object.__new__ and slot stores.
         if kind == FRAME_BODY:
             body: BodyFrame = _new(BodyFrame)
@@ -349,8 +351,22 @@ class FrameDecoder:
         if kind != FRAME_BODY or chan != channel or size != body_size:
             return None
         self._pos = body_end + 1
-        self._need = 7
         return properties, buf[start:body_end]
+
+    def _gather(self, need: int) -> tuple[bytes, int]:
+        """Join what is left of the current piece with the next ones until ``need`` octets
+        are in one buffer (the caller made sure they have arrived); the rest stays apart."""
+        parts = [self._buf[self._pos:]]
+        have = len(parts[0])
+        extra = self._extra
+        while have < need:
+            chunk = extra.pop(0)
+            self._extra_len -= len(chunk)
+            parts.append(chunk)
+            have += len(chunk)
+        buf = self._buf = b"".join(parts)
+        self._pos = 0
+        return buf, 0
 
     def _body_piece(self) -> BodyFrame | _NeedData | None:
         """The next piece of a body frame being streamed, `NEED_DATA`, or None once its end

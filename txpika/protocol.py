@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from txpika import events as ev
 from txpika._delivery import MessageBase
-from txpika._outbox import Outbox
+from txpika._outbox import MAX_BATCHED_CHUNKS, Outbox
 from txpika._requests import Requests
 from txpika._session import Session, core_for
 from txpika._transport import HIGH_WATER, Link
@@ -31,6 +31,8 @@ from txpika.errors import ConnectionClosedByClient, ConnectionLost, FlowControlE
 from txpika.parameters import ConnectionParameters
 
 __all__ = ["AMQPClientFactory", "AMQPProtocol"]
+
+_CLOSED = ConnState.CLOSED
 
 log = Logger()
 
@@ -71,6 +73,9 @@ class _Port:
         if link is not None:
             link.pause_reading(who)
 
+    def after_batch(self, call: Callable[[], object]) -> None:
+        self._protocol._later(call)
+
     def resume_reading(self, who: object) -> None:
         protocol = self._protocol
         if protocol._link is not None and not protocol._transport_gone:
@@ -101,6 +106,7 @@ class AMQPProtocol(Protocol):
             on_secret_ok=self._secret_ok, on_returned=self._returned)
         self._port = _Port(self)
         self._link: Link | None = None
+        self._after_batch: list[Callable[[], object]] = []
         self._ready_waiters: list[Deferred[AMQPProtocol]] = []
         self._closed_waiters: list[Deferred[BaseException]] = []
         self._flow_listeners: list[Callable[[bool, str], object]] = []
@@ -233,7 +239,9 @@ class AMQPProtocol(Protocol):
     # -- IProtocol --------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._link = Link(self.transport, self._outbox.pause, self._outbox.resume)
+        link = self._link = Link(self.transport, self._outbox.pause, self._outbox.resume)
+        if link.direct:  # large bodies go to the socket from their own bytes
+            self._outbox.write_pieces = link.write_pieces
         self._core.initiate()
         self._handshake_call = self.clock.callLater(
             self.parameters.connection_timeout, self._handshake_timed_out)
@@ -267,11 +275,15 @@ class AMQPProtocol(Protocol):
         if self._link is not None:
             self._link.write(data)
 
+
     def _flush(self) -> None:
+        outbox = self._outbox
+        if outbox.batching and self._core.pending_chunks < MAX_BATCHED_CHUNKS:
+            return  # the end of the batch of events flushes (the commonest case: acks)
         if self._transport_gone or self._link is None:
             return
-        self._outbox.flush()
-        if self._core.state is ConnState.CLOSED and self._outbox.idle and not self._losing:
+        outbox.flush()
+        if self._core.state is _CLOSED and outbox.idle and not self._losing:
             self._losing = True
             self._link.close()
 
@@ -282,9 +294,18 @@ class AMQPProtocol(Protocol):
         outbox.batching = True
         try:
             self._session.dispatch()
+            after = self._after_batch
+            while after:  # (what they run may ask for more)
+                after.pop(0)()
         finally:
             outbox.batching = False
         self._flush()
+
+    def _later(self, call: Callable[[], object]) -> None:
+        if self._outbox.batching:
+            self._after_batch.append(call)
+        else:
+            call()
 
     def _on_opened(self, event: ev.ConnectionOpened) -> None:
         self._opened = True
