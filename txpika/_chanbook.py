@@ -253,6 +253,13 @@ class ChannelBook:
         self._held.append(held)
         return held
 
+    def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        """``basic.ack``: `settle` for the commonest case, in fewer steps."""
+        if self.error is not None:
+            self.settle("ack", delivery_tag, multiple)  # raises the right UsageError
+        self.core.basic_ack(self.number, delivery_tag, multiple)
+        self._flush()
+
     def settle(self, how: str, delivery_tag: int, multiple: bool = False,
                requeue: bool = True) -> None:
         """``basic.ack`` (``how="ack"``), ``basic.nack`` or ``basic.reject``; raises

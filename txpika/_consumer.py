@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -27,7 +28,12 @@ MessageCallback = Callable[[M], "Deferred[Any] | Coroutine[Any, Any, Any] | None
 
 
 class Reading(Protocol):
-    """The connection's reading, which a consumer with a full buffer pauses."""
+    """The connection's reading, which a consumer with a full buffer pauses, and the end of
+    its batches of events, when waiting pull consumers are woken."""
+
+    def after_batch(self, call: Callable[[], object]) -> None:
+        """Run ``call()`` once the batch of events being dispatched is done (at once if
+        none is)."""
 
     def pause_reading(self, who: object) -> None:
         """Stop reading from the transport until every pauser resumed."""
@@ -75,7 +81,10 @@ class ConsumerBase(Generic[M]):
         self._normal_end = False
         self._max_buffer = max_buffer or 1000
         self._paused = False
+        self._waking = False
         self._watchers: list[Deferred[BaseException]] = []
+        if callback is not None:  # (the book calls _deliver: no test per message)
+            self._deliver = partial(_run_callback, callback)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<Consumer {self.consumer_tag!r} on {self.queue!r}>"
@@ -145,16 +154,26 @@ class ConsumerBase(Generic[M]):
     # -- from the channel book (txpika._chanbook.ConsumerEntry) -----------------------------
 
     def _deliver(self, message: M) -> None:
-        if self._callback is not None:
-            _run_callback(self._callback, message)
-            return
-        if self._getters:
-            self._getters.popleft().callback(message)
-            return
-        self._buffer.append(message)
-        if len(self._buffer) > self._max_buffer and not self._paused:
+        buffer = self._buffer
+        buffer.append(message)
+        if self._getters and not self._waking:
+            # A waiting get() is answered once this batch of events is dispatched: the code
+            # it resumes then takes every message of the batch from the buffer in one go,
+            # instead of one trip through the Deferred machinery per message.
+            self._waking = True
+            self._reading.after_batch(self._wake)
+        if len(buffer) > self._max_buffer and not self._paused:
             self._paused = True
             self._reading.pause_reading(self)
+
+    def _wake(self) -> None:
+        self._waking = False
+        buffer = self._buffer
+        getters = self._getters
+        while getters and buffer:
+            getters.popleft().callback(buffer.popleft())
+        if self._paused:
+            self._maybe_resume()
 
     def _end(self, error: BaseException, normal: bool) -> None:
         if self._ended is not None:
@@ -163,6 +182,7 @@ class ConsumerBase(Generic[M]):
         # closed fails pending gets with its error (they asked for a message).
         self._normal_end = normal and isinstance(error, ConsumerCancelled)
         self._ended = error
+        self._wake()  # what is buffered goes to the gets waiting, first
         getters, self._getters = self._getters, deque()
         for d in getters:
             d.errback(error)

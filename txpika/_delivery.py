@@ -16,6 +16,9 @@ __all__ = ["MessageBase", "Settler"]
 class Settler(Protocol):
     """What settles a delivery: the channel book it came from."""
 
+    def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        """Send ``basic.ack``; raises `UsageError` (nothing sent) if it cannot be."""
+
     def settle(self, how: str, delivery_tag: int, multiple: bool = False,
                requeue: bool = True) -> None:
         """Send ``basic.ack``/``nack``/``reject``; raises `UsageError` (nothing sent) if the
@@ -105,6 +108,11 @@ class MessageBase:
 
     def _settle(self, how: str, multiple: bool = False, requeue: bool = True) -> None:
         """Settle through the channel book; raises `UsageError` if it cannot be."""
+        book = self._book
+        if how == "ack" and book is not None and not self._settled:  # the usual case
+            book.ack(self.delivery_tag, multiple)
+            self._settled = True
+            return
         self._may_settle()
         self._book.settle(how, self.delivery_tag, multiple, requeue)  # type: ignore[union-attr]
         self._settled = True

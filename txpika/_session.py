@@ -50,6 +50,12 @@ def _ignore(*args: object) -> None:
     return None
 
 
+_MESSAGE = ev.MessageReceived
+_METHOD = ev.MethodReceived
+_ACKED = ev.PublishAcked
+_NACKED = ev.PublishNacked
+
+
 class Session:
     """A connection's core, its channel books and the router between them.
 
@@ -112,21 +118,21 @@ class Session:
     def route(self, event: Any) -> None:
         """Route one event of the core."""
         kind = type(event)
-        if kind is ev.MessageReceived:
+        if kind is _MESSAGE:
             book = self.books.get(event.channel)
             if book is not None:
                 book.message(event.method, event.properties, event.body)
-        elif kind is ev.MethodReceived:
+        elif kind is _METHOD:
             if event.channel == 0:
                 self._on_secret_ok()
                 return
             book = self.books.get(event.channel)
             if book is not None:
                 book.reply(event.method)
-        elif kind is ev.PublishAcked or kind is ev.PublishNacked:
+        elif kind is _ACKED or kind is _NACKED:
             book = self.books.get(event.channel)
             if book is not None:
-                book.confirmed(event.delivery_tags, kind is ev.PublishAcked)
+                book.confirmed(event.delivery_tags, kind is _ACKED)
         elif kind is ev.PublishReturned:
             book = self.books.get(event.channel)
             if book is not None:

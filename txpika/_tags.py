@@ -55,9 +55,14 @@ class TagSet:
 
     def discard(self, tag: int) -> bool:
         """Settle one tag; False if it was not outstanding."""
+        order = self._order
+        if order and order[0] == tag:  # the usual case: the oldest (never in _gone)
+            order.popleft()
+            if self._gone:
+                self._trim()
+            return True
         if tag not in self:
             return False
-        order = self._order
         if tag == order[0]:
             order.popleft()
             self._trim()

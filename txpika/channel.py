@@ -53,7 +53,8 @@ class Consumer(ConsumerBase[Message]):
 
 
 class ChannelPort(Reading, Protocol):
-    """What a channel needs of its connection (`txpika.protocol.AMQPProtocol` gives it)."""
+    """What a channel needs of its connection (`txpika.protocol.AMQPProtocol` gives it):
+    its clock, output, flow policy, reading, and the end of its batches of events."""
 
     @property
     def clock(self) -> IReactorTime:

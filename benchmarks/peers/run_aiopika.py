@@ -251,6 +251,6 @@ def run(p: Params, meter: Meter) -> dict[str, Any]:
         return asyncio.run(consume(p, meter))
     if p.scenario == "rpc":
         return asyncio.run(rpc(p, meter))
-    if p.scenario == "big":
+    if p.scenario in ("big", "big-await"):
         return asyncio.run(big(p, meter))
     raise ValueError(p.scenario)

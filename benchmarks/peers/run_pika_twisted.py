@@ -193,6 +193,6 @@ def run(p: Params, meter: Meter) -> dict[str, Any]:
         return twisted_main(consume, p, meter)
     if p.scenario == "rpc":
         return twisted_main(rpc, p, meter)
-    if p.scenario == "big":
+    if p.scenario in ("big", "big-await"):
         return twisted_main(big, p, meter)
     raise ValueError(p.scenario)
