@@ -19,6 +19,7 @@ from types import ModuleType
 import pytest
 
 import txpika
+import txpika.aio
 import txpika.blocking
 import txpika.errors
 
@@ -52,7 +53,7 @@ def test_txpika_all_is_complete_and_lazy_names_are_listed() -> None:
         txpika.NoSuchName  # noqa: B018
 
 
-@pytest.mark.parametrize("module", [txpika.blocking, txpika.errors],
+@pytest.mark.parametrize("module", [txpika.blocking, txpika.errors, txpika.aio],
                          ids=lambda m: m.__name__)
 def test_submodule_exports(module: ModuleType) -> None:
     for name in module.__all__:

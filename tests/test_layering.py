@@ -316,6 +316,12 @@ LAYER_OF: dict[str, str] = {
     "txpika.blocking._log": "blocking",
     "txpika.blocking._connection": "blocking",
     "txpika.blocking._api": "blocking",
+    # the asyncio adapter (a sibling of the Twisted and blocking ones)
+    "txpika.aio": "aio",
+    "txpika.aio._log": "aio",
+    "txpika.aio._consumer": "aio",
+    "txpika.aio._channel": "aio",
+    "txpika.aio._connection": "aio",
     # recovery and the consumer service
     "txpika._topology": "service",
     "txpika.robust": "service",
@@ -335,6 +341,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "channels": {"codec", "core"},
     "twisted": {"codec", "core", "channels"},
     "blocking": {"codec", "core", "channels"},
+    "aio": {"codec", "core", "channels"},
     "service": {"codec", "core", "channels", "twisted"},
     "daemon": {"codec", "core", "channels", "twisted", "service"},
     "package": {"codec", "core", "channels", "twisted", "service"},
@@ -447,3 +454,68 @@ def test_the_checks_catch_a_back_edge(tmp_path: Path) -> None:
         "txpika.blocking._api (blocking) imports txpika.protocol (twisted)",
         "txpika.connection (core) imports txpika.channel (twisted)",
     ]
+
+
+# -- the asyncio adapter --------------------------------------------------------------------------
+
+#: The asyncio adapter and the Twisted-free modules it shares with the Twisted layer.
+AIO_MODULES = ["txpika.aio", "txpika.parameters", "txpika.auth"]
+
+
+@pytest.mark.parametrize("module", AIO_MODULES)
+def test_aio_module_has_no_twisted_or_zope_import_statement(module: str) -> None:
+    offenders = _forbidden_import_statements(module)
+    assert not offenders, (
+        f"{module} (or a txpika module it imports) imports Twisted/zope:\n" + "\n".join(offenders)
+        + "\nThe asyncio adapter must work without Twisted (DESIGN.md section 9).")
+
+
+@pytest.mark.parametrize("mode", ["isolated", "package"])
+def test_aio_modules_import_no_twisted_or_zope(mode: str) -> None:
+    result = _imported_forbidden(AIO_MODULES, mode)
+    assert result["*"] == [], f"importing {AIO_MODULES} ({mode}) loaded {result['*']}"
+
+
+_AIO_USE_PROBE = r"""
+import asyncio, json, socket, sys
+sys.path.insert(0, sys.argv[1])
+from txpika import aio, errors
+
+with socket.socket() as probe:  # a port nothing listens on
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+
+async def main():
+    outcomes = []
+    for protocol in ("0-9-1", "0-8"):
+        url = f"amqp://guest:guest@127.0.0.1:{port}/%2F?protocol={protocol}&heartbeat=5"
+        try:
+            await aio.connect(url, connection_timeout=5)
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+    try:
+        await aio.connect("tcp:host=127.0.0.1:port=5672")
+    except errors.UsageError as exc:
+        outcomes.append(type(exc).__name__)
+    return outcomes
+
+outcomes = asyncio.run(main())
+print(json.dumps({
+    "outcomes": outcomes,
+    "forbidden": sorted(m for m in sys.modules if m.split(".", 1)[0] in ("twisted", "zope")),
+}))
+"""
+
+
+def test_using_the_aio_adapter_imports_no_twisted_or_zope() -> None:
+    """A fresh interpreter imports ``txpika.aio`` through the real package, runs a loop and
+    tries to connect (0-9-1 and 0-8) to a closed port: no Twisted or zope in sys.modules."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _AIO_USE_PROBE, str(ROOT)],
+        capture_output=True, text=True, timeout=60, cwd=str(ROOT), check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["outcomes"] == ["ConnectionRefusedError", "ConnectionRefusedError",
+                                  "InvalidParameter"]
+    assert result["forbidden"] == [], f"using txpika.aio loaded {result['forbidden']}"
