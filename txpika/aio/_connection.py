@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from txpika import events as ev
 from txpika._delivery import MessageBase
@@ -172,8 +172,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The transport connected: send the protocol header."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is not
+        # a subclass)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self._core.initiate()
         self._flush()
