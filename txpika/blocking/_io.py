@@ -3,9 +3,11 @@
 `SocketLoop` is the base of `txpika.blocking.BlockingConnection`. Whichever thread waits
 for something reads the socket for all of them, the connection's lock released while it
 blocks in ``recv()`` (on Linux, bounded by ``SO_RCVTIMEO``; elsewhere and with TLS, after
-``poll()``), and dispatches what arrived under the lock. Writes never block: a full socket
-is read meanwhile, so two full buffers cannot deadlock. The attributes it declares are set
-by ``BlockingConnection.__init__``.
+``poll()``), and dispatches what arrived under the lock. A cooperative socket (gevent's or
+eventlet's, after monkey-patching) ignores ``SO_RCVTIMEO``: it is read after ``poll()`` too,
+which those libraries make cooperative, so waits end on time there as well. Writes never
+block: a full socket is read meanwhile, so two full buffers cannot deadlock. The attributes
+it declares are set by ``BlockingConnection.__init__``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ _DIRECT = sys.platform == "linux" and hasattr(socket, "MSG_DONTWAIT")
 _TIMEVAL = struct.Struct("@ll")
 
 
+def _cooperative(sock: Any) -> bool:
+    """True for a green library's socket (gevent, eventlet): not the standard library's
+    class, so it waits in its own hub and ignores ``SO_RCVTIMEO``."""
+    return type(sock).__module__ not in ("socket", "ssl")
+
+
 class SocketLoop:
     """The socket side of a blocking connection; see the module docstring."""
 
@@ -68,8 +76,10 @@ class SocketLoop:
         self._recv_size = _RECV_SMALL
         # A plain socket on Linux stays in blocking mode: reads block in recv() for at most
         # a slice (SO_RCVTIMEO) instead of poll() then recv(), and writes never block
-        # (MSG_DONTWAIT). TLS sockets and other systems are non-blocking, read after poll().
-        self._direct = not isinstance(self._sock, ssl.SSLSocket) and _DIRECT
+        # (MSG_DONTWAIT). TLS sockets, cooperative sockets and other systems are
+        # non-blocking, read after poll().
+        self._direct = _DIRECT and not isinstance(self._sock, ssl.SSLSocket) and (
+            not _cooperative(self._sock))
         self._send_flags = socket.MSG_DONTWAIT if self._direct else 0
         if self._direct:
             self._sock.setblocking(True)
