@@ -107,7 +107,9 @@ async def _open() -> tuple[aio.Connection, aio.Channel, _Server, _Transport]:
     return conn, await opening, server, transport
 
 
-def test_output_of_one_turn_is_one_write() -> None:
+def test_first_output_after_a_read_goes_at_once_the_rest_in_one_write() -> None:
+    """A request after its reply costs no extra turn of the loop; what follows it in the
+    same turn is corked into one write."""
     async def main() -> None:
         _, ch, server, transport = await _open()
         got: list[aio.Message] = []
@@ -118,17 +120,49 @@ def test_output_of_one_turn_is_one_write() -> None:
         await consuming
         for tag in range(1, 21):
             server.send_content(spec.Basic.Deliver("ctag", tag, False, "", "q"), b"m")
-        assert len(got) == 20
+        assert len(got) == 20 and transport.writes == []
         for message in got:
             message.ack()
             ch.basic_publish("", "q", b"p")
-        assert transport.writes == []  # corked until the turn ends
+        assert len(transport.writes) == 1  # the first ack, at once
         await _turn()
-        assert len(transport.writes) == 1
+        assert len(transport.writes) == 2  # the rest, together
         names = [m.NAME for m in server.methods()]
         assert names.count("basic.ack") == 20 and names.count("basic.publish") == 20
 
     asyncio.run(main())
+
+
+def test_acks_of_a_coroutine_woken_by_a_read_go_out_in_one_write() -> None:
+    async def main() -> None:
+        _, ch, server, transport = await _open()
+        consuming = asyncio.ensure_future(ch.basic_consume("q"))
+        await _turn()
+        server.methods()
+        server.send(spec.Basic.ConsumeOk("ctag"))
+        consumer = await consuming
+
+        async def pull() -> None:
+            for _ in range(10):
+                (await consumer.get()).ack()
+
+        puller = asyncio.ensure_future(pull())
+        await _turn()
+        assert transport.writes == []
+        server.conn.data_received(b"".join(
+            _delivery(spec.Basic.Deliver("ctag", tag, False, "", "q")) for tag in range(1, 11)))
+        await puller
+        await _turn()
+        assert len(transport.writes) == 1
+        assert [m.NAME for m in server.methods()] == ["basic.ack"] * 10
+
+    asyncio.run(main())
+
+
+def _delivery(method: Any, body: bytes = b"m", channel: int = 1) -> bytes:
+    header = encode_header(channel, len(body), spec.BasicProperties())
+    return b"".join(bytes(p) for p in [encode_method(channel, method), header,
+                                        *encode_body(channel, body)])
 
 
 def test_paused_transport_holds_publishes_and_a_cancelled_one_is_never_sent() -> None:

@@ -3,8 +3,10 @@
 ``data_received`` feeds the core and the session (`txpika._session.Session`) routes its
 events to the channel books; what the core queues goes to the transport through the
 outbox (`txpika._outbox.Outbox`), which ``pause_writing``/``resume_writing`` hold back and
-release. Output is corked for one turn of the loop: everything the coroutines resumed in
-that turn send (acks, publishes) goes out in one write. Heartbeats run on the loop's clock.
+release. The first output after a read is written at once (a request after its reply costs
+no extra turn of the loop); what follows it, and what is sent while a read is dispatched
+or by the coroutines that read woke, is corked until the next turn and goes out in one
+write. Heartbeats run on the loop's clock.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class Connection(asyncio.Protocol):
         self.done.set_result(None)  # what calls done at once return: awaiting it is free
         self._error: BaseException | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self._reading = False  # dispatching what a read brought
+        self._burst = False  # wrote at once since the last read: cork what follows
+        self._woken = False  # a read handed a message to a waiting coroutine
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pausers: set[object] = set()
         self._losing = False
@@ -180,8 +185,16 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the broker: feed the core, route its events."""
-        self._core.receive_data(data)
-        self._drain()
+        self._burst = False
+        self._reading = True
+        try:
+            self._core.receive_data(data)
+            self._session.dispatch()
+        finally:
+            self._reading = False
+        if self._woken or self._core.pending_chunks or self._core.state is _CLOSED:
+            self._woken = False  # the coroutines it woke write next turn, with this
+            self._cork()  # (and once closed, the transport is closed after the last write)
 
     def eof_received(self) -> bool:
         """The broker closed its side: the transport closes (connection_lost follows)."""
@@ -231,15 +244,31 @@ class Connection(asyncio.Protocol):
         if self._transport is not None and not self._gone.done():
             self._transport.write(data)
 
+    def woke(self) -> None:
+        """A read handed a message to a waiting coroutine: cork its output (acks)."""
+        self._woken = True
+
     def _flush(self) -> None:
-        """Write at the end of this turn of the loop (or now, past a batch)."""
-        if self._core.pending_chunks >= MAX_BATCHED_CHUNKS:
-            self._outbox.flush()
+        """Write now if nothing was written since the last read, else at the next turn of
+        the loop (or now, past a batch)."""
+        if self._reading or self._burst or self._flush_handle is not None:
+            if self._core.pending_chunks >= MAX_BATCHED_CHUNKS:
+                self._outbox.flush()
+            self._cork()
+        else:
+            self._burst = True
+            self._write_out()
+
+    def _cork(self) -> None:
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_handle = None
+        self._burst = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         outbox = self._outbox
         outbox.batching = False
         try:
