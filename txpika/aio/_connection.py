@@ -177,8 +177,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The transport connected: send the protocol header."""
-        self._transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is not
-        # a subclass)
+        # (uvloop's transports are not subclasses of asyncio.Transport)
+        self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self._core.initiate()
         self._flush()
@@ -244,7 +244,7 @@ class Connection(asyncio.Protocol):
         if self._transport is not None and not self._gone.done():
             self._transport.write(data)
 
-    def woke(self) -> None:
+    def _woke(self) -> None:
         """A read handed a message to a waiting coroutine: cork its output (acks)."""
         self._woken = True
 
