@@ -267,3 +267,26 @@ def test_transport_loss_fails_everything_with_connection_lost() -> None:
         await conn.close()  # harmless
 
     asyncio.run(main())
+
+
+def test_a_channel_opened_for_a_cancelled_caller_is_closed() -> None:
+    async def main() -> None:
+        conn, _, server, _ = await _open()
+        for cancel_first in (True, False):
+            opening = asyncio.ensure_future(conn.channel())
+            await _turn()
+            assert [m.NAME for m in server.methods()] == ["channel.open"]
+            number = 2 if cancel_first else 3
+            if cancel_first:
+                opening.cancel()
+                await _turn()
+                server.send(spec.Channel.OpenOk(), number)
+            else:
+                server.send(spec.Channel.OpenOk(), number)  # opened...
+                opening.cancel()  # ...and cancelled before the task resumed
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            await _turn()
+            assert [m.NAME for m in server.methods()] == ["channel.close"]
+
+    asyncio.run(main())

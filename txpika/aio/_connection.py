@@ -142,10 +142,21 @@ class Connection(asyncio.Protocol):
         `txpika.errors.UsageError` (number in use, no free channel) or the broker's
         refusal."""
         opened: asyncio.Future[Channel] = self.loop.create_future()
+
+        def ready(channel: Channel) -> None:
+            if opened.done():  # the caller gave up: nobody has the channel
+                channel._book.close(200, "abandoned")
+            else:
+                opened.set_result(channel)
+
         self._session.open_channel(lambda book: Channel(self, book, self._requests), Message,
-                                   lambda ch: _settle(opened, ch),
-                                   lambda e: _settle(opened, error=e), channel_number)
-        return await opened
+                                   ready, lambda e: _settle(opened, error=e), channel_number)
+        try:
+            return await opened
+        except asyncio.CancelledError:
+            if opened.done() and not opened.cancelled():  # opened as the task was cancelled
+                opened.result()._book.close(200, "abandoned")
+            raise
 
     async def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
         """Close the connection; returns once the transport is gone (at most
@@ -203,6 +214,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: everything pending fails with the connection's error."""
         error: BaseException = ConnectionLost(exc)
+        self._transport = None  # (nothing more is written to it)
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
