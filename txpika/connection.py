@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from txpika import _handshake, spec
 from txpika import events as ev
-from txpika._content import PublishEncoder
+from txpika._content import DEFAULT_MAX_MESSAGE_SIZE, PublishEncoder
 from txpika._core_channel import CoreChannel, method_name, unexpected_text
 from txpika._core_requests import CoreRequests
 from txpika._handshake import CAPABILITIES
@@ -102,6 +102,7 @@ class Connection(CoreRequests):
         locale: str = "en_US",
         client_properties: Mapping[str, Any] | None = None,
         connection_name: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         """Set up the core; nothing is sent until `initiate`.
 
@@ -109,7 +110,13 @@ class Connection(CoreRequests):
         is the lower of ours and the broker's. ``heartbeat`` is the interval in seconds we ask
         for: ``None`` takes the broker's proposal, 0 turns heartbeats off, any other value is
         lowered to the broker's proposal when that is smaller and not 0.
+        ``max_message_size`` is the largest message body accepted (0: any): a delivery,
+        ``basic.get`` reply or return whose header announces more closes its channel with
+        311 before the body is buffered, and the channel's `events.ChannelClosed` carries
+        `txpika.errors.MessageTooLarge`.
         """
+        if max_message_size < 0:
+            raise UsageError(f"max_message_size {max_message_size} is negative")
         if frame_max and frame_max < FRAME_MIN_SIZE:
             raise UsageError(f"frame_max {frame_max} is below the minimum {FRAME_MIN_SIZE}")
         if not 0 <= channel_max <= 65535:
@@ -128,6 +135,7 @@ class Connection(CoreRequests):
         self.server_properties: Mapping[str, Any] = {}
         self.channel_max = 0
         self.frame_max = 0
+        self.max_message_size = max_message_size
         self.heartbeat = 0
         self.blocked = False
         self.blocked_reason = ""

@@ -57,6 +57,7 @@ __all__ = [
     "HeartbeatTimeout",
     "InternalError",
     "InvalidPath",
+    "MessageTooLarge",
     "NackError",
     "NoConsumers",
     "NoRoute",
@@ -174,6 +175,32 @@ class ChannelClosedByBroker(ChannelClosed):
 
 class ChannelClosedByClient(ChannelClosed):
     """This client closed the channel."""
+
+
+class MessageTooLarge(ChannelClosedByClient):
+    """311: a message arriving on the channel was larger than ``max_message_size``.
+
+    Its content header announced ``size`` bytes, more than ``limit``; txpika closed the
+    channel (reply code 311 CONTENT_TOO_LARGE) before buffering the body, so the broker
+    requeues the delivery, and the connection and its other channels go on. Pending calls
+    and consumers of the channel fail with this error. ``method_name`` is what brought it:
+    ``basic.deliver``, ``basic.get-ok`` or ``basic.return``.
+    """
+
+    def __init__(self, size: int, limit: int, method_name: str, channel: int) -> None:
+        self.size = size
+        self.limit = limit
+        self.channel = channel
+        super().__init__(
+            CONTENT_TOO_LARGE,
+            f"{method_name} of {size} bytes on channel {channel} exceeds max_message_size "
+            f"{limit}",
+            method_name=None,
+        )
+        self.method_name = method_name
+
+    def __str__(self) -> str:
+        return f"{self.reply_code} {self.reply_text}"
 
 
 class ProtocolError(ConnectionClosed):

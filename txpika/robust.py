@@ -23,7 +23,12 @@ from txpika import spec
 from txpika._consumer import MessageCallback
 from txpika._topology import Topology, binding_key
 from txpika.channel import Channel, Consumer, Message
-from txpika.errors import ChannelClosedByBroker, ConsumerCancelled, UsageError
+from txpika.errors import (
+    ChannelClosedByBroker,
+    ConsumerCancelled,
+    MessageTooLarge,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from txpika.protocol import AMQPProtocol
@@ -273,20 +278,28 @@ class RobustChannel:
         if channel is not self._channel or self._closed:
             return
         self._channel = None
-        if not isinstance(error, ChannelClosedByBroker) or not protocol.is_open:
+        too_large = isinstance(error, MessageTooLarge)
+        if not (too_large or isinstance(error, ChannelClosedByBroker)) or not protocol.is_open:
             return
-        log.warn("channel closed by the broker ({error}); reopening", error=error)
+        if too_large:  # the broker requeued it: keep backing off while it comes back
+            log.warn("{error}: reopening the channel in {delay} s", error=error,
+                     delay=max(0.1, self._reopen_delay))
+        else:
+            log.warn("channel closed by the broker ({error}); reopening", error=error)
 
         def schedule() -> None:
             delay = self._reopen_delay
             self._reopen_delay = min(30.0, max(0.1, delay * 2))
-            self.host.clock.callLater(delay, reopen)
+            self.host.clock.callLater(max(delay, 0.1) if too_large else delay, reopen)
 
         def reopen() -> None:
             if self._closed or self._channel is not None or not protocol.is_open:
                 return
-            self.attach(protocol).addCallbacks(
-                lambda _: setattr(self, "_reopen_delay", 0.0), failed)
+            self.attach(protocol).addCallbacks(reopened, failed)
+
+        def reopened(_: object) -> None:
+            if not too_large:  # a message that came back too large keeps the backoff
+                self._reopen_delay = 0.0
 
         def failed(failure: Any) -> None:
             log.warn("could not reopen the channel: {error}", error=failure.value)
