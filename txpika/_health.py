@@ -77,6 +77,13 @@ def _text(request: Any, code: int, line: str) -> bytes:
     return (line + "\n").encode()
 
 
+class _QuietSite(Site):
+    """A site that does not log every request (probes come every few seconds)."""
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 class HealthService(Service):
     """Listens on ``description`` (a Twisted server endpoint description) while the daemon
     runs; `stopService` waits for the AMQP service to have closed before it stops
@@ -85,7 +92,7 @@ class HealthService(Service):
     def __init__(self, reactor: Any, description: str, resource: HealthResource) -> None:
         self.reactor = reactor
         self.description = description
-        self.site = Site(resource)  # type: ignore[no-untyped-call]
+        self.site = _QuietSite(resource)  # type: ignore[no-untyped-call]
         self.site.displayTracebacks = False
         self.amqp = resource.amqp
         self._port: Deferred[Any] | None = None
