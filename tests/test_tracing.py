@@ -10,9 +10,12 @@ The SDK's in-memory exporter collects the spans; the global tracer provider is n
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from test_twistd import twistd_command, twistd_env
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -134,3 +138,62 @@ async def test_without_a_tracer_provider_no_header_is_added(broker_url: str) -> 
     assert tracing.publishing("x", "y", None) == (None, None)
     _queue, seen = await run(broker_url, tracing, lambda message: None, [b"plain"], 1)
     assert seen[0].properties.headers == {"app": "test"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_tracing_runs_the_handler_in_the_publishers_trace(
+        broker_url: str, tmp_path: Path) -> None:
+    """``twistd txpika --tracing``: the handler module configures the SDK (as the docs say);
+    the daemon's CONSUMER span continues the trace of a publish made here."""
+    spans_file = tmp_path / "spans.jsonl"
+    spans_file.touch()
+    queue = f"txpika-test-tracing-{uuid.uuid4().hex[:10]}"
+    log = (tmp_path / "twistd.log").open("wb")
+    proc = subprocess.Popen(
+        [*twistd_command(), "-n", "--pidfile=", "txpika", "--url", broker_url, "--queue",
+         queue, "--declare", "--handler", "handlers_for_tracing:handle", "--tracing"],
+        env=twistd_env(TXPIKA_TEST_SPANS=str(spans_file)), cwd=str(tmp_path),
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    service = AMQPService(reactor, broker_url)
+    service.startService()
+    try:
+        await until(lambda: f"consuming {queue!r}" in (tmp_path / "twistd.log").read_text(),
+                    20, "the daemon consuming")
+        publisher = await service.publisher(tracing=Tracing(provider)).addTimeout(10, reactor)
+        await publisher.publish("", queue, b"traced", BasicProperties(message_id="t1"))
+        await until(lambda: len(spans_file.read_text().splitlines()) >= 2, 10,
+                    "the daemon's span")
+        (producer,) = exporter.get_finished_spans()
+        lines = [json.loads(line) for line in spans_file.read_text().splitlines()]
+        trace_id = f"{producer.context.trace_id:032x}"
+        assert lines[0] == {"handler_in_trace": trace_id}
+        consumer = lines[1]
+        assert consumer["kind"] == "CONSUMER" and consumer["name"] == f"process {queue}"
+        assert consumer["trace_id"] == trace_id
+        assert consumer["parent"] == f"{producer.context.span_id:016x}"
+        assert consumer["attributes"]["messaging.message.id"] == "t1"
+        ch = await service.channel()
+        await ch.queue_delete(queue)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+        await service.stopService()
+
+
+def test_twistd_tracing_without_opentelemetry_says_how_to_install_it(tmp_path: Path) -> None:
+    hidden = tmp_path / "opentelemetry"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = twistd_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    proc = subprocess.run(
+        [*twistd_command(), "-n", "--pidfile=", "txpika", "--queue", "q", "--handler",
+         "handlers_for_health:handle", "--tracing"], env=env, cwd=str(tmp_path),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, check=False)
+    assert proc.returncode == 1
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert "--tracing needs opentelemetry-api: pip install 'txpika[otel]'" in last
