@@ -222,3 +222,17 @@ def test_an_ack_timeout_warns_once_reopens_and_consumes_again() -> None:
         handlers.pending[b"slow"].callback(None)  # the second call's Deferred
     conn.step(1, m.Basic.Ack(1, False))
     assert cs.state == "consuming"
+
+
+def test_publisher_reports_a_channel_the_broker_closed() -> None:
+    recorder = Recorder()
+    sim = ServiceSim(observer=recorder)
+    conn = sim.open()
+    publisher = start_publisher(sim, conn)
+    d = publisher.publish("missing", "rk", b"x")
+    conn.broker.commands()
+    with capture_logs():
+        conn.broker.send(1, m.Channel.Close(404, "NOT_FOUND - no exchange 'missing'", 60, 40))
+    failure(d)
+    assert recorder.take("channel_closed") == [("channel_closed", 404)]
+    assert recorder.take("published") == [("published", "missing", "unknown", 0.0)]

@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from txpika.errors import (
     AMQPError,
     ChannelClosed,
+    ChannelClosedByBroker,
     ConnectionClosed,
     ConnectionRecovering,
     FlowControlError,
@@ -123,6 +124,7 @@ class Publisher:
             self._channel = channel
             # reopened after a channel error: the service stays open, so no state change
             channel.add_reopen_listener(self._reopened)
+            self._watch()
             return channel.confirm_select().addCallback(lambda _: self)
 
         return self.service.channel().addCallback(opened)
@@ -204,8 +206,19 @@ class Publisher:
             self._fail_held()
 
     def _reopened(self) -> None:
+        self._watch()
         if self.service.state == "open" and self.at_least_once:
             self._flush()
+
+    def _watch(self) -> None:
+        """Tell the observer when the broker closes the current channel."""
+        plain = self._channel.channel if self._channel is not None else None
+        if self.observer is not None and plain is not None:
+            plain.when_closed().addCallback(self._channel_closed)
+
+    def _channel_closed(self, error: BaseException) -> None:
+        if self.observer is not None and isinstance(error, ChannelClosedByBroker):
+            self.observer.channel_closed(error.reply_code, error.reply_text)
 
     def _fail_held(self) -> None:
         """The service stopped: what is held will never be sent; say so (what is on the
