@@ -42,6 +42,7 @@ from zope.interface import implementer
 from txpika._connect import endpoint_for
 from txpika._topology import Topology
 from txpika.errors import ConnectionRecovering, ServiceStopped
+from txpika.observe import Observer, state_listener
 from txpika.parameters import ConnectionParameters, parameters_for
 from txpika.protocol import AMQPProtocol
 from txpika.robust import RobustChannel
@@ -65,11 +66,7 @@ class ServiceState(StrEnum):
     RECOVERING = "recovering"
 
 
-CLOSED = ServiceState.CLOSED
-CONNECTING = ServiceState.CONNECTING
-OPEN = ServiceState.OPEN
-BLOCKED = ServiceState.BLOCKED
-RECOVERING = ServiceState.RECOVERING
+CLOSED, CONNECTING, OPEN, BLOCKED, RECOVERING = ServiceState  # (its members, in order)
 
 #: How long stopService waits for the broker's close-ok before dropping the connection.
 STOP_TIMEOUT = 10.0
@@ -129,8 +126,8 @@ class AMQPService(Service):
     the recorded topology. ``retry_policy`` maps the number of failed attempts in a row
     (refused connections and failed handshakes alike) to the delay before the next
     (default: exponential backoff, 1 s, 2 s, 4 s ... up to 30 s, each plus up to 1 s of
-    jitter). ``clock`` defaults to ``reactor``.
-    """
+    jitter). ``clock`` defaults to ``reactor``. ``observer`` (`txpika.observe.Observer`) hears
+    each state change and recovery; its consumer services and publishers default to it."""
 
     def __init__(
         self,
@@ -139,11 +136,10 @@ class AMQPService(Service):
         setup: Setup | None = None,
         *,
         retry_policy: Callable[[int], float] | None = None,
-        clock: IReactorTime | None = None,
+        clock: IReactorTime | None = None, observer: Observer | None = None,
         **overrides: Any,
     ) -> None:
-        targets = [brokers] if isinstance(brokers, (str, ConnectionParameters)) else list(
-            brokers)
+        targets = [brokers] if isinstance(brokers, (str, ConnectionParameters)) else [*brokers]
         if not targets:
             raise ValueError("AMQPService needs at least one broker")
         self.reactor = reactor
@@ -154,6 +150,8 @@ class AMQPService(Service):
         self._attempt = self.brokers[0]
         self._state = CLOSED
         self._listeners: list[Callable[[ServiceState], object]] = []
+        self.observer = observer  # reports state changes and recoveries (a listener):
+        self._listeners += [state_listener(observer, self)] if observer is not None else []
         self._protocol: AMQPProtocol | None = None
         self._connecting: AMQPProtocol | None = None  # being opened and restored
         self._broker: ConnectionParameters | None = None
@@ -247,14 +245,16 @@ class AMQPService(Service):
 
         return self.connection().addCallback(opened)
 
-    def publisher(self, *, at_least_once: bool = False, max_pending: int = 10000
-                  ) -> Deferred[Publisher]:
+    def publisher(self, *, at_least_once: bool = False, max_pending: int = 10000,
+                  **options: Any) -> Deferred[Publisher]:
         """A started `txpika.publisher.Publisher` on this service (confirms on; with
-        ``at_least_once`` it holds and republishes unconfirmed messages after recovery).
-        Fires once its channel is open; fails like `channel`."""
+        ``at_least_once`` it holds and republishes unconfirmed messages after recovery;
+        ``options``: its ``observer``, ``tracing``). Fires once its channel is open; fails
+        like `channel`."""
         from txpika.publisher import Publisher
 
-        return Publisher(self, at_least_once=at_least_once, max_pending=max_pending).start()
+        return Publisher(self, at_least_once=at_least_once, max_pending=max_pending,
+                         **options).start()
 
     def unavailable(self) -> Exception:
         """The error for work attempted now: `ServiceStopped` or `ConnectionRecovering`."""

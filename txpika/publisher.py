@@ -13,28 +13,40 @@ left unknown are published again, in order, on the next connection. A message ma
 arrive twice (hence "at least once"); consumers should be idempotent. What it holds is
 bounded by ``max_pending`` messages: past that, a publish fails at once with
 `txpika.errors.FlowControlError` rather than growing memory without limit.
+
+``observer`` (`txpika.observe.Observer`; default: the service's) hears each publish's
+outcome (confirmed, nacked, returned, unknown, failed) and its confirm latency;
+``tracing`` (`txpika.tracing.Tracing`) makes each publish an OpenTelemetry PRODUCER span
+whose context travels in the message's headers (W3C ``traceparent``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txpika.errors import (
     AMQPError,
     ChannelClosed,
+    ChannelClosedByBroker,
     ConnectionClosed,
     ConnectionRecovering,
     FlowControlError,
     OutcomeUnknownError,
     ServiceStopped,
 )
+from txpika.observe import Observer, publish_outcome
 from txpika.robust import RobustChannel
 from txpika.spec import BasicProperties
+
+if TYPE_CHECKING:
+    from txpika.tracing import Tracing
 
 __all__ = ["Publisher", "PublishingService"]
 
@@ -73,9 +85,17 @@ class Publisher:
     """
 
     def __init__(self, service: PublishingService, *, at_least_once: bool = False,
-                 max_pending: int = 10000) -> None:
+                 max_pending: int = 10000, observer: Observer | None = None,
+                 tracing: Tracing | None = None, clock: IReactorTime | None = None) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        self.observer = observer if observer is not None else getattr(
+            service, "observer", None)
+        self.tracing = tracing
+        self._observed = self.observer is not None or tracing is not None
+        self._clock = clock or getattr(service, "clock", None)
+        if self.observer is not None and self._clock is None:
+            raise ValueError("a Publisher with an observer needs a clock")
         self.service = service
         self.at_least_once = at_least_once
         self.max_pending = max_pending
@@ -104,6 +124,7 @@ class Publisher:
             self._channel = channel
             # reopened after a channel error: the service stays open, so no state change
             channel.add_reopen_listener(self._reopened)
+            self._watch()
             return channel.confirm_select().addCallback(lambda _: self)
 
         return self.service.channel().addCallback(opened)
@@ -113,6 +134,11 @@ class Publisher:
                 mandatory: bool = False) -> Deferred[None]:
         """Publish with confirms; see the module docstring for how it fires and fails."""
         args = (exchange, routing_key, body, properties, mandatory)
+        if self._observed:
+            return self._publish_observed(args)
+        return self._publish(args)
+
+    def _publish(self, args: tuple[Any, ...]) -> Deferred[None]:
         if not self.at_least_once:
             if self._channel is None:
                 return fail(ConnectionRecovering("the publisher is not started"))
@@ -130,6 +156,24 @@ class Publisher:
         return pending.deferred
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _publish_observed(self, args: tuple[Any, ...]) -> Deferred[None]:
+        began = self._clock.seconds() if self._clock is not None else 0.0
+        span = None
+        if self.tracing is not None:
+            exchange, routing_key, body, properties, mandatory = args
+            span, properties = self.tracing.publishing(exchange, routing_key, properties)
+            args = (exchange, routing_key, body, properties, mandatory)
+        return self._publish(args).addBoth(self._outcome, args[0], began, span)
+
+    def _outcome(self, result: Any, exchange: str, began: float, span: Any) -> Any:
+        error = result.value if isinstance(result, Failure) else None
+        if self.observer is not None and self._clock is not None:
+            self.observer.published(exchange, publish_outcome(error),
+                                    self._clock.seconds() - began)
+        if span is not None:
+            span.end(error)
+        return result
 
     def _send(self, pending: _Pending) -> None:
         assert self._channel is not None
@@ -162,8 +206,19 @@ class Publisher:
             self._fail_held()
 
     def _reopened(self) -> None:
+        self._watch()
         if self.service.state == "open" and self.at_least_once:
             self._flush()
+
+    def _watch(self) -> None:
+        """Tell the observer when the broker closes the current channel."""
+        plain = self._channel.channel if self._channel is not None else None
+        if self.observer is not None and plain is not None:
+            plain.when_closed().addCallback(self._channel_closed)
+
+    def _channel_closed(self, error: BaseException) -> None:
+        if self.observer is not None and isinstance(error, ChannelClosedByBroker):
+            self.observer.channel_closed(error.reply_code, error.reply_text)
 
     def _fail_held(self) -> None:
         """The service stopped: what is held will never be sent; say so (what is on the
