@@ -9,10 +9,11 @@ Usage::
 
 Each input is one control byte and the bytes to feed. The control byte picks the dialect
 (bit 0), the target (bits 1-2: 0-2 the `FrameDecoder`, 3 an open `Connection`, unless
-``--target`` forces one; ``--target server`` fuzzes the `txpika.testing.MemoryBroker`'s server
-side instead, see tools/fuzz_server.py), the decoder's ``frame_max`` (bits 3-4) and how the bytes are cut into
-``receive_data`` calls (bits 5-7). The seed corpus is every frame of tests/frame_fixtures.py
-and the server frames the connection fuzzing starts from, under several control bytes.
+``--target`` forces one; ``--target server`` fuzzes the `txpika.testing.MemoryBroker`'s
+server side instead, see tools/fuzz_server.py), the decoder's ``frame_max`` (bits 3-4) and
+how the bytes are cut into ``receive_data`` calls (bits 5-7). The seed corpus is every frame
+of tests/frame_fixtures.py and the server frames the connection fuzzing starts from, under
+several control bytes.
 
 A *crash* is anything but the expected outcomes: the decoder may return frames or NEED_DATA,
 or raise `FrameDecodeError` (and then raise that same error again); the connection core may
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with atheris.instrument_imports(include=["txpika"]):
             import txpika.connection
-            import txpika.frames  # noqa: F401
+            import txpika.frames
             if args.target == "server":
                 import txpika.testing._core  # noqa: F401
     print(f"engine {engine}, target {args.target}, {args.runs} runs, seed {args.seed}",
