@@ -325,6 +325,7 @@ LAYER_OF: dict[str, str] = {
     "txpika.blocking._api": "blocking",
     # recovery and the consumer service
     "txpika._topology": "service",
+    "txpika._robust_consumer": "service",
     "txpika.robust": "service",
     "txpika.publisher": "service",
     "txpika.client": "service",

@@ -284,6 +284,35 @@ class Channel:
             d.addTimeout(timeout, self._port.clock)
         return d
 
+    def publish_then(self, resolve: Callable[[None], object],
+                     reject: Callable[[BaseException], object], exchange: str,
+                     routing_key: str, body: bytes, properties: Properties | None = None,
+                     mandatory: bool = False) -> None:
+        """`basic_publish` with callbacks instead of a Deferred, for code that publishes
+        many messages and keeps its own record of each (`txpika.Publisher` does):
+        ``resolve(None)`` runs when `basic_publish`'s Deferred would fire, and
+        ``reject(error)`` when it would fail, with the same errors."""
+        book = self._book
+        if book.error is not None or book.holding:
+            d = self.basic_publish(exchange, routing_key, body, properties, mandatory)
+            d.addCallbacks(resolve, lambda failure: reject(failure.value))
+            return
+        outbox = self._port.outbox
+        hold = outbox.before_publish()
+        try:
+            tag = book.publish(exchange, routing_key, body, properties, mandatory)
+        except Exception as exc:
+            reject(exc)
+            return
+        if tag:
+            book.expect_confirm(tag, resolve, reject)
+            outbox.flush()
+        elif hold:
+            outbox.hold_publish(resolve, reject)
+        else:
+            outbox.flush()
+            resolve(None)
+
     def basic_get(self, queue: str, auto_ack: bool = False,
                   timeout: float | None = None) -> Deferred[Message | None]:
         """Fetch one message. Fires with a `Message`, or ``None`` if the queue is empty."""

@@ -68,14 +68,22 @@ class PublishingService(Protocol):
 
 
 class _Pending:
-    __slots__ = ("args", "deferred", "number", "sent", "tried")
+    __slots__ = ("args", "deferred", "number", "publisher", "sent", "tried")
 
-    def __init__(self, number: int, args: tuple[Any, ...]) -> None:
+    def __init__(self, publisher: Publisher, number: int, args: tuple[Any, ...]) -> None:
+        self.publisher = publisher
         self.number = number  # its place in the publisher's order
         self.args = args
         self.deferred: Deferred[None] = Deferred()
         self.sent = False  # on the wire now, awaiting the broker's answer
         self.tried = False  # was published at least once
+
+    def acked(self, _: object) -> None:
+        self.publisher._pending.pop(self.number, None)
+        self.deferred.callback(None)
+
+    def failed(self, error: BaseException) -> None:
+        self.publisher._failed(error, self)
 
 
 class Publisher:
@@ -146,7 +154,7 @@ class Publisher:
         if len(self._pending) >= self.max_pending:
             return fail(FlowControlError(
                 f"{len(self._pending)} messages await the broker's ack (max_pending)"))
-        pending = _Pending(next(self._numbers), args)
+        pending = _Pending(self, next(self._numbers), args)
         self._pending[pending.number] = pending
         channel = self._channel
         if self._unsent or channel is None or not channel.is_open:
@@ -180,21 +188,15 @@ class Publisher:
         if pending.tried:
             self._republished += 1
         pending.sent = pending.tried = True
-        d = self._channel.basic_publish(*pending.args)
-        d.addCallbacks(self._acked, self._failed, callbackArgs=(pending,),
-                       errbackArgs=(pending,))
+        self._channel.publish_then(pending.acked, pending.failed, *pending.args)
 
-    def _acked(self, result: object, pending: _Pending) -> None:
-        self._pending.pop(pending.number, None)
-        pending.deferred.callback(None)
-
-    def _failed(self, failure: Any, pending: _Pending) -> None:
-        if _retriable(failure.value) and self.service.state != "closed":
+    def _failed(self, error: BaseException, pending: _Pending) -> None:
+        if _retriable(error) and self.service.state != "closed":
             pending.sent = False  # held: published again on the next connection
             self._unsent += 1
             return
         self._forget(pending)
-        pending.deferred.errback(failure)
+        pending.deferred.errback(error)
 
     def _forget(self, pending: _Pending) -> None:
         self._pending.pop(pending.number, None)
