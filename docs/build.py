@@ -48,9 +48,8 @@ EXTERNAL = {
 }
 
 #: Modules documented in the reference whose names are generated from the AMQP spec
-#: (tools/gen_spec.py): their classes and fields are documented by the generator's class
-#: docstrings, the spec's own text; their constants and fields are not held to the rule
-#: of step 3.
+#: (tools/gen_spec.py): their classes are documented by the generator's class docstrings;
+#: their constants and fields (the spec's own names) are not held to the rule of step 3.
 GENERATED = ("txpika.spec", "txpika.spec_0_8")
 
 _WARNING = re.compile(r"^(?P<path>/[^:]+|[^\s:]+\.(?:py|rst|txt)):(?P<line>\d+)?:? ?(?P<text>.*)$")
@@ -168,7 +167,7 @@ def run_pydoctor(args: list[str]) -> tuple[list[str], list[str]]:
     """Build the reference; return pydoctor's warnings and the public names that have no
     docstring, each as ``path:line: text``."""
     from pydoctor.driver import get_system, make
-    from pydoctor.model import PrivacyClass
+    from pydoctor.model import DocumentableKind, PrivacyClass
     from pydoctor.options import Options
 
     _reexport_from_private_modules()
@@ -189,7 +188,12 @@ def run_pydoctor(args: list[str]) -> tuple[list[str], list[str]]:
             continue
         if ob.fullName().startswith(tuple(g + "." for g in GENERATED)):
             continue
-        if any(d.docstring for d in ob.docsources()):
+        source = ob.source_path if ob.source_path is not None else ob.module.source_path
+        if source is not None and Path(source).stem in {g.rsplit(".", 1)[1] for g in GENERATED}:
+            continue  # a generated class re-exported elsewhere (txpika.BasicProperties)
+        if ob.kind is DocumentableKind.TYPE_VARIABLE:
+            continue  # a TypeVar names a type in signatures; it is not API of its own
+        if any(d.docstring for d in ob.docsources()) or ob.parsed_docstring is not None:
             continue
         where = ob.source_path if ob.source_path is not None else ob.module.source_path
         kind = ob.kind.name.lower().replace("_", " ") if ob.kind else "name"

@@ -43,12 +43,14 @@ class Message(DeferredSettling):
 
     __slots__ = ()
 
+    #: The channel it came on; ``None`` for a message a test built by hand.
     channel: Channel | None
 
 
 class Consumer(ConsumerBase[Message]):
     """A consumer on a queue; see `txpika._consumer.ConsumerBase`."""
 
+    #: The channel the consumer was started on.
     channel: Channel
 
 
@@ -97,6 +99,7 @@ class Channel:
         self._port = port
         self._book = book
         self._req = requests
+        #: The channel's number on its connection.
         self.channel_number = book.number
         self._closing = False
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChannelHost", "RobustChannel", "RobustConsumer"]
 
+#: The logger of robust channels and consumers (namespace ``txpika.robust``).
 log = Logger()
 
 _Args = Mapping[str, Any] | None
@@ -68,8 +69,11 @@ class RobustConsumer:
     def __init__(self, channel: RobustChannel, queue: str,
                  callback: MessageCallback[Message] | None, kwargs: dict[str, Any],
                  on_cancel: str) -> None:
+        #: The robust channel it belongs to.
         self.channel = channel
+        #: The queue it consumes (renamed on reconnect for a server-named queue).
         self.queue = queue
+        #: Its consumer tag, the same on every connection.
         self.consumer_tag: str = kwargs["consumer_tag"]
         self._callback = callback
         self._kwargs = kwargs
@@ -213,6 +217,7 @@ class RobustChannel:
 
     def __init__(self, host: ChannelHost,
                  on_close: Callable[[RobustChannel], object] | None = None) -> None:
+        #: The service whose connections it is reopened on.
         self.host = host
         self._on_close = on_close
         self._channel: Channel | None = None

@@ -46,6 +46,7 @@ class Message(MessageBase):
 
     __slots__ = ()
 
+    #: The channel it came on; ``None`` for a message built by hand.
     channel: BlockingChannel | None
 
     def ack(self, multiple: bool = False) -> None:
@@ -102,9 +103,13 @@ class BlockingConsumer:
 
     def __init__(self, channel: BlockingChannel, consumer_tag: str, queue: str,
                  callback: Callable[[Message], object] | None, auto_ack: bool) -> None:
+        #: The channel the consumer was started on.
         self.channel = channel
+        #: Its consumer tag.
         self.consumer_tag = consumer_tag
+        #: The queue it consumes.
         self.queue = queue
+        #: Whether the broker considers its messages acknowledged on delivery.
         self.auto_ack = auto_ack
         self._callback = callback
         self._buffer: deque[Message] = deque()
@@ -195,9 +200,11 @@ class BlockingChannel:
 
     def __init__(self, connection: BlockingConnection, book: ChannelBook,
                  requests: Requests) -> None:
+        #: The connection it belongs to.
         self.connection = connection
         self._book = book
         self._req = requests
+        #: The channel's number on its connection.
         self.channel_number = book.number
 
     def __repr__(self) -> str:
