@@ -200,8 +200,12 @@ def test_external_name_exists_with_its_role(entry: tuple[str, str, str]) -> None
     value = _resolve(name)
     if role == "module":
         assert inspect.ismodule(value)
-    elif role in ("class", "interface"):
+    elif role == "class":
         assert inspect.isclass(value)
+    elif role == "interface":
+        from zope.interface.interface import InterfaceClass
+
+        assert isinstance(value, InterfaceClass)
     elif role == "exception":
         assert inspect.isclass(value) and issubclass(value, BaseException)
     elif role in ("function", "method"):
