@@ -121,7 +121,9 @@ def test_memory_block(item: tuple[Path, str, str, str | None, int]) -> None:
     connection = broker.result(broker.connect())
     channel = broker.result(connection.channel())
     source = "async def _block(channel, broker):\n" + textwrap.indent(item[2], "    ")
-    namespace: dict[str, Any] = {}
+    import txpika
+
+    namespace: dict[str, Any] = {"txpika": txpika}
     exec(compile(source, f"{item[0].name}:{item[4]}", "exec"), namespace)
     broker.result(namespace["_block"](channel, broker))
     assert broker.queue("jobs").unacked == ()
