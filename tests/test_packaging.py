@@ -82,7 +82,8 @@ def installed(dist: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     """A fresh virtualenv, outside the checkout, with the wheel installed; its bin dir."""
     venv = tmp_path_factory.mktemp("fresh") / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], venv.parent, 60)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    # --no-compile: the test imports little, so byte-compiling all of Twisted is wasted time.
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
     _run([*pip, str(dist["wheel"])], venv.parent, 150)
     return venv / "bin"
 
