@@ -209,8 +209,11 @@ class RobustChannel:
     """A channel of an `txpika.client.AMQPService` that is reopened after reconnects.
 
     It has the methods of `txpika.channel.Channel`, with the same results and errors;
-    while the service has no open connection they fail with
-    `txpika.errors.ConnectionRecovering`. Declarations are recorded in the service's
+    while the service has no open connection they fail at once with
+    `txpika.errors.ConnectionRecovering`, after the service stopped with
+    `txpika.errors.ServiceStopped`, and after `close` with `txpika.errors.UsageError`;
+    nothing is sent then. Deferreds pending when the
+    connection is lost fail as a plain channel's do. Declarations are recorded in the service's
     topology (deletes and unbinds forget them); ``basic_qos``, ``confirm_select`` and
     consumers are recorded on this channel and restored when it is reopened.
     """
