@@ -7,7 +7,8 @@ RST comment that says how to run it:
 
 ``.. test: memory``
     the block is the body of a coroutine run against `txpika.testing.MemoryBroker`, with
-    ``channel`` (an open channel) and ``broker`` in scope and the queue ``jobs`` holding
+    ``connection``, ``channel`` (an open channel on it), ``broker`` and ``txpika`` in scope
+    and the queue ``jobs`` holding
     ``b"job 0"`` to ``b"job 2"``;
 ``.. test: broker-script`` / ``.. test: pika-script``
     a whole program, run against the broker (its URL substituted; the queue ``jobs``
@@ -120,12 +121,13 @@ def test_memory_block(item: tuple[Path, str, str, str | None, int]) -> None:
         broker.publish("", "jobs", b"job %d" % n)
     connection = broker.result(broker.connect())
     channel = broker.result(connection.channel())
-    source = "async def _block(channel, broker):\n" + textwrap.indent(item[2], "    ")
+    source = ("async def _block(connection, channel, broker):\n"
+              + textwrap.indent(item[2], "    "))
     import txpika
 
     namespace: dict[str, Any] = {"txpika": txpika}
     exec(compile(source, f"{item[0].name}:{item[4]}", "exec"), namespace)
-    broker.result(namespace["_block"](channel, broker))
+    broker.result(namespace["_block"](connection, channel, broker))
     assert broker.queue("jobs").unacked == ()
 
 
