@@ -49,8 +49,11 @@ class RobustConsumer:
     def __init__(self, channel: ConsumerHome, queue: str,
                  callback: MessageCallback[Message] | None, kwargs: dict[str, Any],
                  on_cancel: str) -> None:
+        #: The robust channel it belongs to.
         self.channel = channel
+        #: The queue it consumes (renamed on reconnect for a server-named queue).
         self.queue = queue
+        #: Its consumer tag, the same on every connection.
         self.consumer_tag: str = kwargs["consumer_tag"]
         self._callback = callback
         self._kwargs = kwargs

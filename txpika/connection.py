@@ -123,21 +123,31 @@ class Connection(CoreRequests):
             raise UsageError(f"channel_max {channel_max} is outside 0..65535")
         if heartbeat is not None and not 0 <= heartbeat <= 65535:
             raise UsageError(f"heartbeat {heartbeat} is outside 0..65535")
+        #: The AMQP dialect spoken (`txpika._specbase.Dialect`).
         self.dialect = dialect
         self._m = dialect.module
+        #: The virtual host opened.
         self.virtual_host = virtual_host
         self._handshake = _handshake.Handshake(
             dialect, credentials or PlainCredentials("guest", "guest"), virtual_host, locale,
             _handshake.client_properties(dialect, __version__, client_properties,
                                          connection_name),
             channel_max, frame_max, heartbeat)
+        #: Where the handshake or the connection is (`txpika.connection.ConnState`).
         self.state = ConnState.IDLE
+        #: The broker's ``server-properties``, once ``connection.start`` arrived.
         self.server_properties: Mapping[str, Any] = {}
+        #: The negotiated most channels (0 until tuned).
         self.channel_max = 0
+        #: The negotiated largest frame (0 until tuned).
         self.frame_max = 0
+        #: The largest message body accepted (0: any); see `txpika.errors.MessageTooLarge`.
         self.max_message_size = max_message_size
+        #: The negotiated heartbeat interval in seconds (0: none).
         self.heartbeat = 0
+        #: True while the broker blocks publishers (``connection.blocked``).
         self.blocked = False
+        #: The broker's reason for blocking, or ``""``.
         self.blocked_reason = ""
         self._decoder = FrameDecoder(dialect)
         self._out: list[bytes | memoryview] = []

@@ -51,27 +51,49 @@ class ConnectionParameters:
     so the broker requeues it; the connection goes on).
     """
 
+    #: The broker's host name or address.
     host: str = "localhost"
+    #: The TCP port; ``None`` means 5672, or 5671 with TLS.
     port: int | None = None
+    #: The virtual host to open (``/`` is the default one; ``%2F`` in a URL).
     virtual_host: str = "/"
+    #: The user name for the SASL mechanism.
     username: str = "guest"
+    #: The password (never in reprs, logs or exceptions).
     password: str = field(default="guest", repr=False)
+    #: The SASL mechanism: ``PLAIN``, ``AMQPLAIN`` or ``EXTERNAL``.
     auth_mechanism: str = "PLAIN"
+    #: The heartbeat interval in seconds to ask for; 0 or ``None`` accepts the broker's.
     heartbeat: int | None = 60
+    #: The largest frame to ask for, in bytes (the broker may lower it).
     frame_max: int = 131072
+    #: The most channels to ask for (the broker may lower it).
     channel_max: int = 2047
+    #: The largest message body accepted, in octets (0: no limit).
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Seconds that connecting and the AMQP handshake may take together.
     connection_timeout: float = 10.0
+    #: The locale sent in ``connection.start-ok``.
     locale: str = "en_US"
+    #: A name the broker shows for this connection (``connection_name`` client property).
     connection_name: str | None = None
+    #: Extra client properties sent in ``connection.start-ok``.
     client_properties: Mapping[str, Any] | None = None
+    #: Connect with TLS (``amqps://``).
     tls: bool = False
+    #: CA certificates (PEM) to verify the broker with; the system's when ``None``.
     cafile: str | None = None
+    #: A client certificate (PEM) for TLS.
     certfile: str | None = None
+    #: The private key (PEM) of ``certfile``.
     keyfile: str | None = None
+    #: The name to verify the broker's certificate against; ``host`` when ``None``.
     server_hostname: str | None = None
+    #: Verify the broker's certificate (turn off only for tests).
     verify: bool = True
+    #: The AMQP dialect: ``0-9-1`` (the default) or ``0-8``.
     protocol: str = "0-9-1"
+    #: What a publish does while the broker blocks publishers: ``wait`` or ``raise``.
     flow_policy: str = "wait"
     #: A Twisted client endpoint description (``tcp:...``, ``tls:...``, ``unix:...``);
     #: when set it is used instead of host, port and the TLS options.

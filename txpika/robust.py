@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChannelHost", "RobustChannel", "RobustConsumer"]
 
+#: The logger of robust channels and consumers (namespace ``txpika.robust``).
 log = Logger()
 
 _Args = Mapping[str, Any] | None
@@ -65,14 +66,18 @@ class RobustChannel:
     """A channel of an `txpika.client.AMQPService` that is reopened after reconnects.
 
     It has the methods of `txpika.channel.Channel`, with the same results and errors;
-    while the service has no open connection they fail with
-    `txpika.errors.ConnectionRecovering`. Declarations are recorded in the service's
+    while the service has no open connection they fail at once with
+    `txpika.errors.ConnectionRecovering`, after the service stopped with
+    `txpika.errors.ServiceStopped`, and after `close` with `txpika.errors.UsageError`;
+    nothing is sent then. Deferreds pending when the
+    connection is lost fail as a plain channel's do. Declarations are recorded in the service's
     topology (deletes and unbinds forget them); ``basic_qos``, ``confirm_select`` and
     consumers are recorded on this channel and restored when it is reopened.
     """
 
     def __init__(self, host: ChannelHost,
                  on_close: Callable[[RobustChannel], object] | None = None) -> None:
+        #: The service whose connections it is reopened on.
         self.host = host
         self._on_close = on_close
         self._channel: Channel | None = None
