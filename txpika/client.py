@@ -53,16 +53,22 @@ if TYPE_CHECKING:
 
 __all__ = ["AMQPService", "ServiceState"]
 
+#: The logger of the reconnecting service (namespace ``txpika.client``).
 log = Logger()
 
 
 class ServiceState(StrEnum):
     """Where a reconnecting service stands (equal to its string value)."""
 
+    #: Before ``startService`` and after ``stopService``.
     CLOSED = "closed"
+    #: Until the first connection is open and restored.
     CONNECTING = "connecting"
+    #: Connected and restored.
     OPEN = "open"
+    #: Connected, but the broker blocks publishers (``connection.blocked``).
     BLOCKED = "blocked"
+    #: From the loss of an open connection until a new one is open and restored.
     RECOVERING = "recovering"
 
 
@@ -71,6 +77,8 @@ CLOSED, CONNECTING, OPEN, BLOCKED, RECOVERING = ServiceState  # (its members, in
 #: How long stopService waits for the broker's close-ok before dropping the connection.
 STOP_TIMEOUT = 10.0
 
+#: The ``setup(channel)`` hook: called on each new connection instead of the replay of the recorded
+#: topology; may return a Deferred or a coroutine.
 Setup = Callable[["Channel"], object]
 
 
@@ -142,10 +150,15 @@ class AMQPService(Service):
         targets = [brokers] if isinstance(brokers, (str, ConnectionParameters)) else [*brokers]
         if not targets:
             raise ValueError("AMQPService needs at least one broker")
+        #: The reactor it connects with.
         self.reactor = reactor
+        #: The clock retries and timeouts run on (the reactor unless one was given).
         self.clock: IReactorTime = clock or reactor
+        #: The brokers' parameters, tried in turn.
         self.brokers = [parameters_for(t, overrides) for t in targets]
+        #: The ``setup`` hook, or ``None`` to replay the recorded topology.
         self.setup = setup
+        #: What robust channels declared, replayed on each new connection.
         self.topology = Topology()
         self._attempt = self.brokers[0]
         self._state = CLOSED
@@ -265,6 +278,8 @@ class AMQPService(Service):
     # -- IService ------------------------------------------------------------------------------
 
     def startService(self) -> None:
+        """``IService``: start connecting (state ``connecting``, or ``recovering`` after a stop and
+        start); returns at once."""
         super().startService()  # type: ignore[no-untyped-call]
         self._set_state(RECOVERING if self._ever_open else CONNECTING)
         self._client.startService()

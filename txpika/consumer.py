@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConsumerService", "Handler"]
 
+#: The logger of the consumer service (namespace ``txpika.consumer``).
 log = Logger()
 
 #: A message handler: returns None, a Deferred or a coroutine.
@@ -85,16 +86,27 @@ class ConsumerService(Service):
             raise ValueError(f"on_error must be 'requeue' or 'reject', not {on_error!r}")
         if concurrency < 1 or prefetch < 0:
             raise ValueError("concurrency must be at least 1 and prefetch not negative")
+        #: The `txpika.client.AMQPService` it consumes through.
         self.amqp = service
+        #: The queue it consumes.
         self.queue = queue
+        #: The handler each message is passed to.
         self.handler = handler
+        #: The prefetch count (unacked messages the broker may send ahead).
         self.prefetch = prefetch
+        #: How many handlers may run at once.
         self.concurrency = concurrency
+        #: ``requeue`` or ``reject``: what a failed handler does to its message.
         self.on_error = on_error
+        #: Declare the queue (durable) before consuming.
         self.declare = declare
+        #: (exchange, routing key) pairs the queue is bound with.
         self.bindings = list(bindings)
+        #: Seconds after which a running handler has failed, or ``None``.
         self.handler_timeout = handler_timeout
+        #: Seconds running handlers may take to finish on shutdown.
         self.drain_timeout = drain_timeout
+        #: The clock timeouts run on.
         self.clock: IReactorTime = clock or service.clock
         self.queue_arguments = dict(queue_arguments) if queue_arguments else None
         self.observer = observer if observer is not None else getattr(
@@ -127,6 +139,8 @@ class ConsumerService(Service):
     # -- IService ------------------------------------------------------------------------------
 
     def startService(self) -> None:
+        """``IService``: start consuming once the service is open (declaring and binding first if
+        asked); returns at once."""
         super().startService()  # type: ignore[no-untyped-call]
         self._stop_d = None
         self._stopping = False

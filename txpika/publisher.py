@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Publisher", "PublishingService"]
 
+#: The logger of the confirmed publisher (namespace ``txpika.publisher``).
 log = Logger()
 
 
@@ -104,8 +105,12 @@ class Publisher:
         self._clock = clock or getattr(service, "clock", None)
         if self.observer is not None and self._clock is None:
             raise ValueError("a Publisher with an observer needs a clock")
+        #: The `txpika.client.AMQPService` it publishes through.
         self.service = service
+        #: Hold every message until the broker acks it, publishing again after a reconnect.
         self.at_least_once = at_least_once
+        #: The most messages held at once; beyond, a publish fails with
+        #: `txpika.errors.FlowControlError`.
         self.max_pending = max_pending
         self._channel: RobustChannel | None = None
         # Held until acked (at-least-once), in publishing order (dicts keep insertion order).

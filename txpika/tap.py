@@ -32,18 +32,22 @@ __all__ = ["Options", "makeService"]
 class Options(usage.Options):
     """Command line of ``twistd txpika``."""
 
+    #: The usage line of ``twistd txpika --help``.
     synopsis = "--url URL --queue QUEUE --handler MODULE:FUNCTION [options]"
+    #: The description of ``twistd txpika --help``.
     longdesc = (
         "Consume an AMQP queue with a Python handler, on a connection that recovers from "
         "broker restarts and network faults. The handler gets a txpika.Message and returns "
         "None, a Deferred or a coroutine: success acks the message, a failure rejects it "
         "(requeued with --on-error requeue). SIGTERM drains running handlers, then closes."
     )
+    #: The flags of ``twistd txpika``.
     optFlags: ClassVar[list[list[Any]]] = [
         ["declare", None, "Declare the queue first (durable, not exclusive, not auto-delete)."],
         ["tracing", None, "Trace each handler in an OpenTelemetry CONSUMER span (needs "
          "txpika[otel] and a configured tracer provider)."],
     ]
+    #: The options with a value of ``twistd txpika``.
     optParameters: ClassVar[list[list[Any]]] = [
         ["queue", "q", None, "The queue to consume (required)."],
         ["handler", None, None,
@@ -69,6 +73,7 @@ class Options(usage.Options):
         ["connection-name", None, "txpika-consumer",
          "The connection name the broker shows."],
     ]
+    #: Shell completion hints.
     compData = usage.Completions(optActions={  # type: ignore[no-untyped-call]
         "on-error": usage.CompleteList(["requeue", "reject"]),  # type: ignore[no-untyped-call]
     })
@@ -98,6 +103,7 @@ class Options(usage.Options):
         self["queue-argument"][key] = typed_value(text)
 
     def postOptions(self) -> None:
+        """Check the options together; raise ``usage.UsageError`` naming what is wrong."""
         if not self["queue"]:
             raise usage.UsageError("--queue is required")
         if not self["handler"]:
