@@ -72,6 +72,7 @@ class ServiceState(StrEnum):
     RECOVERING = "recovering"
 
 
+#: The members of `ServiceState`, as module constants.
 CLOSED, CONNECTING, OPEN, BLOCKED, RECOVERING = ServiceState  # (its members, in order)
 
 #: How long stopService waits for the broker's close-ok before dropping the connection.
@@ -163,6 +164,7 @@ class AMQPService(Service):
         self._attempt = self.brokers[0]
         self._state = CLOSED
         self._listeners: list[Callable[[ServiceState], object]] = []
+        #: The `txpika.observe.Observer` told of state changes and recoveries, or ``None``.
         self.observer = observer  # reports state changes and recoveries (a listener):
         self._listeners += [state_listener(observer, self)] if observer is not None else []
         self._protocol: AMQPProtocol | None = None

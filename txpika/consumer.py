@@ -108,9 +108,12 @@ class ConsumerService(Service):
         self.drain_timeout = drain_timeout
         #: The clock timeouts run on.
         self.clock: IReactorTime = clock or service.clock
+        #: Arguments of the queue's declaration (``x-queue-type`` and the like), or ``None``.
         self.queue_arguments = dict(queue_arguments) if queue_arguments else None
+        #: The `txpika.observe.Observer` told of deliveries and handler outcomes, or ``None``.
         self.observer = observer if observer is not None else getattr(
             service, "observer", None)
+        #: The `txpika.tracing.Tracing` that runs each handler in a CONSUMER span, or ``None``.
         self.tracing = tracing
         # Anything to report? Decided once: the fast path tests this one flag.
         self._observed = self.observer is not None or tracing is not None

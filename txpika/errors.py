@@ -208,8 +208,11 @@ class MessageTooLarge(ChannelClosedByClient):
     """
 
     def __init__(self, size: int, limit: int, method_name: str, channel: int) -> None:
+        #: The body size, in octets, its content header announced.
         self.size = size
+        #: The connection's ``max_message_size``.
         self.limit = limit
+        #: The channel it arrived on (now closed).
         self.channel = channel
         super().__init__(
             CONTENT_TOO_LARGE,
@@ -217,6 +220,7 @@ class MessageTooLarge(ChannelClosedByClient):
             f"{limit}",
             method_name=None,
         )
+        #: ``basic.deliver``, ``basic.get-ok`` or ``basic.return``.
         self.method_name = method_name
 
     def __str__(self) -> str:

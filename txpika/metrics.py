@@ -36,8 +36,10 @@ from txpika.observe import Observer
 
 __all__ = ["INSTALL_HINT", "PrometheusObserver"]
 
+#: What a `txpika.errors.UsageError` says when ``prometheus_client`` is missing.
 INSTALL_HINT = "metrics need prometheus_client: pip install 'txpika[metrics]'"
 
+#: The values of the ``state`` label of ``txpika_service_state``.
 STATES = ("closed", "connecting", "open", "blocked", "recovering")
 
 #: Handler durations, in seconds: from 1 ms to 5 minutes.
@@ -61,31 +63,43 @@ class PrometheusObserver(Observer):
             from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         except ImportError:
             raise UsageError(INSTALL_HINT) from None
+        #: The ``CollectorRegistry`` the metrics are in (serve it with ``generate_latest``).
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        #: ``txpika_service_state{state}``: 1 for the service's current state, else 0.
         self.state = Gauge("txpika_service_state", "1 for the AMQP service's current state",
                            ["state"], registry=r)
+        #: ``txpika_service_recoveries_total``.
         self.recoveries = Counter("txpika_service_recoveries",
                                   "Recoveries of the AMQP service (open after a loss)",
                                   registry=r)
+        #: ``txpika_channel_closed_total{reply_code}``: channels the broker closed.
         self.channel_closed_ = Counter("txpika_channel_closed",
                                        "Channels the broker closed", ["reply_code"],
                                        registry=r)
+        #: ``txpika_consumer_deliveries_total{queue}``.
         self.deliveries = Counter("txpika_consumer_deliveries",
                                   "Deliveries that reached the consumer service", ["queue"],
                                   registry=r)
+        #: ``txpika_consumer_outcomes_total{queue,outcome}``: ack, reject, requeue, dropped.
         self.outcomes = Counter("txpika_consumer_outcomes",
                                 "Deliveries settled by the consumer service",
                                 ["queue", "outcome"], registry=r)
+        #: ``txpika_consumer_handler_failures_total{queue}``.
         self.failures = Counter("txpika_consumer_handler_failures", "Handlers that failed",
                                 ["queue"], registry=r)
+        #: ``txpika_consumer_handler_seconds{queue}``: how long handlers ran.
         self.handler_seconds = Histogram("txpika_consumer_handler_seconds",
                                          "How long handlers ran", ["queue"],
                                          buckets=HANDLER_BUCKETS, registry=r)
+        #: ``txpika_consumer_in_flight{queue}``: handlers running now.
         self.in_flight = Gauge("txpika_consumer_in_flight", "Handlers running now",
                                ["queue"], registry=r)
+        #: ``txpika_publisher_publishes_total{outcome}``: confirmed, nacked, returned,
+        #: unknown, failed.
         self.publishes = Counter("txpika_publisher_publishes",
                                  "Publishes of Publisher by outcome", ["outcome"], registry=r)
+        #: ``txpika_publisher_confirm_seconds``: from a publish to the broker's answer.
         self.confirm_seconds = Histogram("txpika_publisher_confirm_seconds",
                                          "From a publish to the broker's answer",
                                          buckets=CONFIRM_BUCKETS, registry=r)

@@ -75,6 +75,7 @@ class Observers(Observer):
     """Several observers as one: each event goes to each, in order."""
 
     def __init__(self, *observers: Observer) -> None:
+        #: The observers each event goes to, in order.
         self.observers = list(observers)
 
     def state_changed(self, state: str) -> None:

@@ -98,8 +98,10 @@ class Publisher:
                  tracing: Tracing | None = None, clock: IReactorTime | None = None) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        #: The `txpika.observe.Observer` told of each publish's outcome and latency, or ``None``.
         self.observer = observer if observer is not None else getattr(
             service, "observer", None)
+        #: The `txpika.tracing.Tracing` that makes a PRODUCER span of each publish, or ``None``.
         self.tracing = tracing
         self._observed = self.observer is not None or tracing is not None
         self._clock = clock or getattr(service, "clock", None)

@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - tested by running without the extra
     trace = None  # type: ignore[assignment]
     Getter = object  # type: ignore[assignment,misc]
 
+#: What a `txpika.errors.UsageError` says when ``opentelemetry-api`` is missing.
 INSTALL_HINT = "tracing needs opentelemetry-api: pip install 'txpika[otel]'"
 
 
@@ -69,6 +70,7 @@ class Span:
     __slots__ = ("span",)
 
     def __init__(self, span: Any) -> None:
+        #: The OpenTelemetry span (``None`` when tracing is off).
         self.span = span
 
     @contextmanager
@@ -99,6 +101,7 @@ class Tracing:
     def __init__(self, tracer_provider: Any = None) -> None:
         if trace is None:
             raise UsageError(INSTALL_HINT)
+        #: The tracer provider spans come from (``None``: OpenTelemetry's global one).
         self.tracer_provider = tracer_provider
         self._tracers: dict[int, tuple[Any, Any]] = {}  # id(provider) -> (provider, tracer)
 
