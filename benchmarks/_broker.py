@@ -1,4 +1,4 @@
-"""The parent side that throughput.py and daemon.py share: broker administration with
+"""The parent side that throughput.py, daemon.py and blocking.py share: broker administration with
 pika's BlockingConnection (declare, pre-fill, count, delete), and running a child process
 that reports one ``RESULT {json}`` line."""
 
@@ -58,13 +58,14 @@ class Admin:
 
     def prefill(self, queue: str, count: int, size: int) -> None:
         sys.path.insert(0, str(HERE))
-        from peers._common import small_body
+        from peers._common import BigBodies, small_body
 
+        make = BigBodies(size).make if size > 1 << 20 else (lambda i: small_body(i, size))
         conn = self._connect()
         try:
             ch = conn.channel()
             for i in range(count):
-                ch.basic_publish("", queue, small_body(i, size))
+                ch.basic_publish("", queue, make(i))
         finally:
             conn.close()
 

@@ -84,6 +84,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _broker import Admin
 from _harness import (
     HERE,
     ROOT,
@@ -170,70 +171,6 @@ def _hwm_kb() -> int:
     except OSError:
         pass
     return 0
-
-
-# -- the parent side: broker administration (pika BlockingConnection) -----------------------
-
-
-class Admin:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-
-    def _connect(self) -> Any:
-        import pika
-
-        a = self.args
-        return pika.BlockingConnection(pika.ConnectionParameters(
-            host=a.host, port=a.port, virtual_host=a.vhost, heartbeat=0,
-            credentials=pika.PlainCredentials(a.user, a.password),
-            blocked_connection_timeout=30))
-
-    def declare(self, queue: str) -> None:
-        conn = self._connect()
-        try:
-            conn.channel().queue_declare(queue, durable=False, auto_delete=False)
-        finally:
-            conn.close()
-
-    def count(self, queue: str) -> tuple[int, int]:
-        """(ready messages, consumers) of ``queue``."""
-        conn = self._connect()
-        try:
-            ok = conn.channel().queue_declare(queue, passive=True).method
-            return ok.message_count, ok.consumer_count
-        finally:
-            conn.close()
-
-    def delete(self, queue: str) -> None:
-        with contextlib.suppress(Exception):
-            conn = self._connect()
-            try:
-                conn.channel().queue_delete(queue)
-            finally:
-                conn.close()
-
-    def prefill(self, queue: str, count: int, size: int) -> None:
-        sys.path.insert(0, str(HERE))
-        from peers._common import BigBodies, small_body
-
-        make = BigBodies(size).make if size > 1 << 20 else (lambda i: small_body(i, size))
-        conn = self._connect()
-        try:
-            ch = conn.channel()
-            for i in range(count):
-                ch.basic_publish("", queue, make(i))
-        finally:
-            conn.close()
-
-    def wait_count(self, queue: str, want: int, limit: float) -> int:
-        """Poll until ``queue`` holds ``want`` messages and no consumer (or ``limit``
-        seconds pass); returns the count it saw last."""
-        deadline = time.monotonic() + limit
-        while True:
-            have, consumers = self.count(queue)
-            if (have == want and consumers == 0) or time.monotonic() > deadline:
-                return have
-            time.sleep(0.2)
 
 
 # -- the parent side: running children ---------------------------------------------------------

@@ -26,6 +26,17 @@ publisher-batch / publisher-window
     confirm (throughput.py's sliding window). Timed from the open publisher (channel) to
     the last confirm.
 
+Observability (issue #13): the same rows with Prometheus metrics on
+(``twistd-metrics``: ``--health tcp:0:interface=127.0.0.1``, so the daemon's
+`PrometheusObserver` counts every delivery; ``publisher-metrics``: the service's
+``observer=PrometheusObserver()``) and with OpenTelemetry tracing on (``twistd-tracing``:
+``--tracing`` with the SDK's tracer provider set by ``peers.daemon_handler_traced``;
+``publisher-tracing``: ``tracing=Tracing(provider)``; spans batched and dropped, so the
+cost is making them). Their extra CPU per message over the row with both off is printed
+at the end. That both off cost nothing is shown by running this script against the tree
+before the observers existed (``--txpika-path``) and comparing the ``twistd-txpika`` and
+``txpika-publisher`` rows.
+
 Targets (issue #10): the daemon's CPU per message at most 1.3 x the bare consumer's, and
 the Publisher's at most 1.3 x the bare confirmed publishes', in the same run.
 
@@ -75,7 +86,11 @@ PAIRS = {
     "publisher-batch": ("txpika-publisher", "bare-confirm", 50_000, 1000),
     "publisher-window": ("txpika-publisher", "bare-confirm", 50_000, 1000),
 }
-LIBRARIES = ["twistd-txpika", "bare-callback", "txpika-publisher", "bare-confirm"]
+#: scenario kind -> the observed variants of its subject (issue #13)
+OBSERVED = {"daemon": ["twistd-metrics", "twistd-tracing"],
+            "publisher": ["publisher-metrics", "publisher-tracing"]}
+LIBRARIES = ["twistd-txpika", "bare-callback", "txpika-publisher", "bare-confirm",
+             *OBSERVED["daemon"], *OBSERVED["publisher"]]
 SIZE = 128
 CONCURRENCY = 10  # twistd txpika's default --concurrency
 TARGETS = [Target(scenario, reference, 1.3, source="#10", subject=subject)
@@ -95,7 +110,12 @@ def child_main(raw: str) -> None:
     meter = Meter(profile=params.profile)
     result: dict[str, Any] = {}
     try:
-        result.update(run_service.run(params, meter))
+        if params.library in OBSERVED["publisher"]:
+            from peers import run_observed
+
+            result.update(run_observed.run(params, meter))
+        else:
+            result.update(run_service.run(params, meter))
     except Exception as exc:
         import traceback
 
@@ -151,10 +171,16 @@ def _run_daemon(args: argparse.Namespace, admin: Admin, row: dict[str, Any], pro
     url = (f"amqp://{quote(args.user, safe='')}:{quote(args.password, safe='')}@"
            f"{args.host}:{args.port}/{quote(args.vhost, safe='')}")
     profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
+    handler = "peers.daemon_handler:handle"
+    observed: list[str] = []
+    if row["library"] == "twistd-metrics":
+        observed = ["--health", "tcp:0:interface=127.0.0.1"]
+    elif row["library"] == "twistd-tracing":
+        handler, observed = "peers.daemon_handler_traced:handle", ["--tracing"]
     cmd = [*twistd_command(), "-n", "--pidfile=", *profiling, "txpika", "--url", url,
-           "--queue", row["queue"], "--handler", "peers.daemon_handler:handle",
+           "--queue", row["queue"], "--handler", handler,
            "--prefetch", str(row["prefetch"]), "--concurrency", str(CONCURRENCY),
-           "--drain-timeout", "5"]
+           "--drain-timeout", "5", *observed]
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=str(txpika_tree()),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -200,7 +226,7 @@ def run_one(args: argparse.Namespace, admin: Admin, scenario: str, library: str,
                            "size": SIZE, "queue": queue}
     consuming = scenario.startswith("daemon")
     if consuming:
-        row.update(prefetch=depth, concurrency=CONCURRENCY if library == "twistd-txpika"
+        row.update(prefetch=depth, concurrency=CONCURRENCY if library.startswith("twistd-")
                    else None)
     else:
         row["window"] = depth
@@ -208,7 +234,7 @@ def run_one(args: argparse.Namespace, admin: Admin, scenario: str, library: str,
         admin.declare(queue)
         if consuming:
             admin.prefill_checked(queue, count, SIZE)
-        if library == "twistd-txpika":
+        if library.startswith("twistd-"):
             run_daemon(args, admin, row, profile)
         else:
             params = {
@@ -256,11 +282,28 @@ def check(admin: Admin, consuming: bool, count: int, queue: str,
 
 def print_startup(rows: list[dict[str, Any]]) -> None:
     for r in rows:
-        if r["library"] == "twistd-txpika" and r.get("cpu_with_startup_s") is not None:
+        if r["library"].startswith("twistd-") and r.get("cpu_with_startup_s") is not None:
             print(f"  {r['scenario']}: the daemon's CPU with start-up included "
                   f"{r['cpu_with_startup_s'] / r['count'] * 1e6:,.1f} us/msg "
                   f"({r['cpu_with_startup_s']:.2f} s for {r['count']:,} messages, "
                   f"{r['wall_with_startup_s']:.1f} s from exec to the last message)")
+
+
+def print_observed(rows: list[dict[str, Any]]) -> None:
+    """The extra CPU per message of metrics and of tracing over the subject with both off."""
+    by = {(r["scenario"], r["library"]): r.get("cpu_us_per_msg") for r in rows}
+    lines = []
+    for scenario, (subject, _reference, _count, _depth) in PAIRS.items():
+        off = by.get((scenario, subject))
+        for library in OBSERVED[scenario.split("-")[0]]:
+            on = by.get((scenario, library))
+            if off and on:
+                lines.append(f"  {scenario:16s} {library:18s} {on:8.1f} us/msg  off "
+                             f"{off:8.1f}  cost {on - off:+7.1f} us/msg ({on / off - 1:+.0%})")
+    if lines:
+        print("\nObservability (#13): CPU per message with it on, with both off, and the "
+              "difference:")
+        print("\n".join(lines))
 
 
 def main() -> None:
@@ -289,7 +332,7 @@ def main() -> None:
         if args.repeat > 1:
             print(f"pass {repeat + 1} of {args.repeat}")
         for scenario in args.scenarios:
-            for library in PAIRS[scenario][:2]:
+            for library in [*PAIRS[scenario][:2], *OBSERVED[scenario.split("-")[0]]]:
                 if library not in args.libraries:
                     continue
                 t0 = time.monotonic()
@@ -309,6 +352,7 @@ def main() -> None:
     targets = target_lines(TARGETS, rows)
     print_targets_table(targets, "Targets (CPU us per message; ratio = txpika's / the bare "
                                  "code's, this run; #10: issue 10's targets):")
+    print_observed(rows)
 
     profiles: dict[str, str] = {}
     if args.profile:

@@ -108,7 +108,11 @@ class PrivateNode:
 
     host = "127.0.0.1"
 
-    def __init__(self, *, startup_timeout: float = 60.0, ctl_timeout: float = 60.0) -> None:
+    def __init__(self, *, startup_timeout: float = 60.0, ctl_timeout: float = 60.0,
+                 config: str = "", advanced_config: str = "") -> None:
+        # config: more rabbitmq.conf lines; advanced_config: an advanced.config (Erlang terms)
+        self.config = config
+        self.advanced_config = advanced_config
         self.startup_timeout = startup_timeout
         self.ctl_timeout = ctl_timeout
         self.nodename = f"txpika-test-{os.getpid()}-{next(_counter)}@localhost"
@@ -290,7 +294,10 @@ class PrivateNode:
             "loopback_users.guest = true\n"
             "log.console = false\n"
             "log.file.level = info\n"
+            + self.config
         )
+        if self.advanced_config:
+            (d / "advanced.config").write_text(self.advanced_config)
         for sub in ("mnesia", "log"):
             (d / sub).mkdir()
         user = _rabbitmq_user()

@@ -895,3 +895,26 @@ def test_large_message_is_written_a_batch_at_a_time_while_the_transport_drains()
     bodies = [f for f in frames if isinstance(f, BodyFrame)]
     assert b"".join(f.payload for f in bodies) == body
     assert frames[-1].method.NAME == "basic.get"
+
+
+def test_publish_then_calls_back_as_the_deferred_would_fire(h: Harness, ch: Channel) -> None:
+    """`Channel.publish_then` (no Deferred): resolved at once without confirms, on the ack
+    in confirm mode, rejected with the same errors; the frames go out in order."""
+    seen: list[object] = []
+    ch.publish_then(seen.append, seen.append, "", "plain", b"p")
+    assert seen == [None]
+    assert _publishes(h) == [(1, "plain", b"p")]
+    cch = h.confirm_channel()
+    seen.clear()
+    for key in ("a", "b", "c"):
+        cch.publish_then(lambda _, key=key: seen.append(key), seen.append, "", key, b"x")
+    assert [k for _, k, _ in _publishes(h)] == ["a", "b", "c"] and seen == []
+    h.broker.send(cch.channel_number, m.Basic.Ack(1, False))
+    assert seen == ["a"]
+    h.broker.send(cch.channel_number, m.Basic.Nack(3, True, False))
+    assert seen[0] == "a" and len(seen) == 3
+    assert [e.delivery_tag for e in seen[1:] if isinstance(e, NackError)] == [2, 3]
+    seen.clear()
+    h.lose_uncleanly()
+    ch.publish_then(seen.append, seen.append, "", "late", b"x")
+    assert len(seen) == 1 and isinstance(seen[0], ConnectionLost)

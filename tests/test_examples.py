@@ -821,9 +821,15 @@ def test_demo_daemon(broker_url: str) -> None:
     assert "OK: every job was confirmed, handled and acked" in out, out
 
 
+def docs_text() -> str:
+    """The README and the guides (docs/guides/*.rst), where the README's long sections went."""
+    pages = [ROOT / "README.rst", *sorted((ROOT / "docs" / "guides").glob("*.rst"))]
+    return "\n".join(page.read_text() for page in pages)
+
+
 def readme_block(title: str, language: str = "python") -> str:
-    """The first code block of the README's section ``title``."""
-    text = (ROOT / "README.rst").read_text()
+    """The first code block of the section ``title`` of the README or of a guide."""
+    text = docs_text()
     section = text.split(f"\n{title}\n{'=' * len(title)}\n", 1)[1]
     block = section.split(f".. code-block:: {language}\n", 1)[1]
     lines = []

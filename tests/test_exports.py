@@ -92,3 +92,21 @@ def test_a_fresh_interpreter_resolves_every_name() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["eager"] == []
     assert set(result["names"]) == set(txpika.__all__)
+
+
+@pytest.mark.parametrize("name", ["txpika.observe", "txpika.metrics", "txpika.tracing"])
+def test_observability_module_exports(name: str) -> None:
+    """The observer interface, the Prometheus observer and tracing (issue 13): each public
+    name is defined there and documented; importing them loads no Twisted."""
+    module = importlib.import_module(name)
+    for export in module.__all__:
+        obj = getattr(module, export)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__module__ == name and obj.__name__ == export
+            assert inspect.getdoc(obj), f"{name}.{export} has no docstring"
+    probe = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import {name}; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

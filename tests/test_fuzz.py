@@ -297,3 +297,20 @@ def test_repeated_delivery_tag_is_a_protocol_error(repeat: str, method: str) -> 
     assert event.error.reply_code in (502, 503, 505)
     _check_close_written(conn, event.error, "0-9-1")
     assert conn.next_event() is NEED_DATA
+
+
+def test_memory_broker_server_side_survives_fuzzed_client_bytes() -> None:
+    """tools/fuzz_frames.py's server target (`txpika.testing`'s broker side fed mutated
+    client commands after a handshake): no exception, no broken frame written, bounded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parent.parent / "tools" / "fuzz_frames.py"
+    done = subprocess.run(
+        [sys.executable, str(tool), "--engine", "random", "--target", "server", "--runs",
+         "1500", "--seed", str(SEED), "--quiet"],
+        capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "inputs:          1500 (0 decoder, 1500 connection)" in done.stdout
+    assert "result:          no crash" in done.stdout

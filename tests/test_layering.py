@@ -56,6 +56,10 @@ CORE_MODULES = [
     "txpika._chanbook",
     "txpika._session",
     "txpika._outbox",
+    # observers (metrics, tracing): no Twisted either
+    "txpika.observe",
+    "txpika.metrics",
+    "txpika.tracing",
 ]
 #: The blocking adapter and the Twisted-free modules it shares with the Twisted layer.
 BLOCKING_MODULES = [
@@ -286,6 +290,7 @@ LAYER_OF: dict[str, str] = {
     "txpika.spec": "codec",
     "txpika.spec_0_8": "codec",
     "txpika.frames": "codec",
+    "txpika.observe": "codec",  # the observer interface: imports only txpika.errors
     # the sans-IO core (and the Twisted-free parameters every adapter takes)
     "txpika.auth": "core",
     "txpika.events": "core",
@@ -297,6 +302,8 @@ LAYER_OF: dict[str, str] = {
     "txpika._core_requests": "core",
     "txpika.connection": "core",
     "txpika.parameters": "core",
+    "txpika.metrics": "core",  # Prometheus (optional extra), an observer
+    "txpika.tracing": "core",  # OpenTelemetry (optional extra)
     # the channel layer, written once for every adapter
     "txpika._requests": "channels",
     "txpika._delivery": "channels",
@@ -324,12 +331,14 @@ LAYER_OF: dict[str, str] = {
     "txpika.aio._connection": "aio",
     # recovery and the consumer service
     "txpika._topology": "service",
+    "txpika._robust_consumer": "service",
     "txpika.robust": "service",
     "txpika.publisher": "service",
     "txpika.client": "service",
     "txpika.consumer": "service",
     # twistd
     "txpika.tap": "daemon",
+    "txpika._health": "daemon",
     # the package itself: the public names, re-exported (Twisted's lazily)
     "txpika": "package",
 }

@@ -9,9 +9,11 @@ Usage::
 
 Each input is one control byte and the bytes to feed. The control byte picks the dialect
 (bit 0), the target (bits 1-2: 0-2 the `FrameDecoder`, 3 an open `Connection`, unless
-``--target`` forces one), the decoder's ``frame_max`` (bits 3-4) and how the bytes are cut into
-``receive_data`` calls (bits 5-7). The seed corpus is every frame of tests/frame_fixtures.py
-and the server frames the connection fuzzing starts from, under several control bytes.
+``--target`` forces one; ``--target server`` fuzzes the `txpika.testing.MemoryBroker`'s
+server side instead, see tools/fuzz_server.py), the decoder's ``frame_max`` (bits 3-4) and
+how the bytes are cut into ``receive_data`` calls (bits 5-7). The seed corpus is every frame
+of tests/frame_fixtures.py and the server frames the connection fuzzing starts from, under
+several control bytes.
 
 A *crash* is anything but the expected outcomes: the decoder may return frames or NEED_DATA,
 or raise `FrameDecodeError` (and then raise that same error again); the connection core may
@@ -42,13 +44,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 for _path in (str(ROOT / "tests"), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
 FRAME_MAX = [131072, 4096, 0, 131072]
 CHUNKING = [0, 1, 2, 3, 7, 64, -1, -2]  # 0 whole, n bytes at a time, <0 irregular cuts
-TARGETS = ("both", "decoder", "connection")
+TARGETS = ("both", "decoder", "connection", "server")
 
 
 class Harness:
@@ -90,6 +93,11 @@ class Harness:
         self.count = 0
         self.decoder_inputs = 0
         self.connection_inputs = 0
+        self.server: Any = None
+        if target == "server":
+            from fuzz_server import ServerTarget
+
+            self.server = ServerTarget()
         self.crashes: dict[str, list[Any]] = {}  # signature -> [count, first input, text]
         self.slow_inputs: list[tuple[float, bytes]] = []
         self.slowest = 0.0
@@ -106,7 +114,10 @@ class Harness:
         dialect = control & 1
         parts = self._cut(payload, CHUNKING[control >> 5])
         try:
-            if self.target == "decoder" or (self.target == "both" and (control >> 1) & 3 != 3):
+            if self.server is not None:
+                self.connection_inputs += 1
+                self.server.run(parts, self._timed)
+            elif self.target == "decoder" or (self.target == "both" and (control >> 1) & 3 != 3):
                 self.decoder_inputs += 1
                 self._decoder(dialect, FRAME_MAX[(control >> 3) & 3], parts)
             else:
@@ -257,10 +268,16 @@ class SlowCall(Exception):
 # Seed corpus and engines
 
 
-def seed_inputs() -> list[bytes]:
+def seed_inputs(target: str = "both") -> list[bytes]:
     import frame_fixtures as ff
 
     inputs = []
+    if target == "server":
+        from fuzz_server import client_corpus
+
+        streams = client_corpus()
+        return [bytes([chunking]) + stream for stream in [*streams, b"".join(streams)]
+                for chunking in (0, 1 << 5, 6 << 5)]
     for dialect_index, name in enumerate(("0-9-1", "0-8")):
         frames = [f.data for f in ff.by_dialect(name)]
         server = ff.server_corpus(name)
@@ -278,7 +295,7 @@ def run_random(harness: Harness, runs: int, seed: int, time_limit: float) -> Non
     import frame_fixtures as ff
 
     rng = random.Random(seed)
-    seeds = seed_inputs()
+    seeds = seed_inputs(harness.target)
     deadline = time.perf_counter() + time_limit if time_limit else None
     for data in seeds[:runs]:
         harness.run(data)
@@ -299,7 +316,7 @@ def run_atheris(harness: Harness, runs: int, seed: int, time_limit: float, corpu
     import atheris
 
     corpus.mkdir(parents=True, exist_ok=True)
-    for data in seed_inputs():
+    for data in seed_inputs(harness.target):
         (corpus / hashlib.sha1(data).hexdigest()).write_bytes(data)
     argv = [sys.argv[0], f"-runs={runs}", f"-seed={seed}", f"-max_len={max_len}",
             "-rss_limit_mb=4096", "-timeout=30", "-print_final_stats=1"]
@@ -351,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
 
         with atheris.instrument_imports(include=["txpika"]):
             import txpika.connection
-            import txpika.frames  # noqa: F401
+            import txpika.frames
+            if args.target == "server":
+                import txpika.testing._core  # noqa: F401
     print(f"engine {engine}, target {args.target}, {args.runs} runs, seed {args.seed}",
           flush=True)
     harness = Harness(args.target, args.crash_dir, args.slow, args.stop_on_crash, args.runs,

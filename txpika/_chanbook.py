@@ -31,6 +31,7 @@ from txpika.errors import (
     ChannelClosedByClient,
     ConnectionClosedByClient,
     ConsumerCancelled,
+    MessageTooLarge,
     NackError,
     OutcomeUnknownError,
     UnroutableError,
@@ -442,14 +443,19 @@ class ChannelBook:
             item.drop()
             if fail is not None:
                 fail(error)
-        normal = isinstance(error, (ChannelClosedByClient, ConnectionClosedByClient))
+        normal = (isinstance(error, (ChannelClosedByClient, ConnectionClosedByClient))
+                  and not isinstance(error, MessageTooLarge))
         consumers, self._consumers = self._consumers, {}
         for entry in consumers.values():
             entry.end(error, normal)
         watchers, self._watchers = self._watchers, []
         for watcher in watchers:
             watcher(error)
-        if not isinstance(error, ChannelClosedByClient):
+        if isinstance(error, MessageTooLarge):
+            self._log.warn("channel {channel} closed: {error}; the broker requeues the "
+                           "message (raise max_message_size to take it)",
+                           channel=self.number, error=error)
+        elif not isinstance(error, ChannelClosedByClient):
             self._log.info("channel {channel} closed: {error}", channel=self.number,
                            error=error)
 

@@ -4,8 +4,8 @@ In confirm mode every publish gets the next sequence number; the broker answers 
 ``basic.ack`` or ``basic.nack`` (``multiple`` settles every outstanding number up to the
 given one). A mandatory publish that cannot be routed comes back first as ``basic.return``,
 which carries no sequence number: `ConfirmBook.match_return` ties it to the oldest
-outstanding mandatory publish with the same exchange and routing key, and `settle` then
-reports it as returned instead of acked. No I/O, no clock.
+outstanding mandatory publish with the same exchange and routing key, and
+`ConfirmBook.take_returned` then reports it as returned instead of acked. No I/O, no clock.
 """
 
 from __future__ import annotations

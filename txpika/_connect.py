@@ -60,8 +60,9 @@ def connect(reactor: Any, target: str | ConnectionParameters = "amqp://localhost
     client endpoint description (``tcp:host:port``, ``tls:...``, ``unix:path``);
     ``overrides`` replace any `ConnectionParameters` field. Fires with the open
     `AMQPProtocol`. Fails with `txpika.parameters.InvalidParameter` (bad URL or option),
-    Twisted's connection errors (``ConnectionRefusedError``, DNS and TLS failures),
-    `txpika.errors.AuthenticationError`, `txpika.errors.AccessRefused` (vhost refused), or
+    Twisted's connection errors (`twisted.internet.error.ConnectionRefusedError`, DNS and TLS
+    failures), `txpika.errors.AuthenticationError`, `txpika.errors.AccessRefused` (vhost
+    refused), or
     `twisted.internet.defer.TimeoutError` when connecting and the handshake together take
     longer than ``connection_timeout``.
     """

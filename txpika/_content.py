@@ -26,20 +26,34 @@ from txpika._specbase import Dialect, Method, Properties
 from txpika.errors import UsageError
 from txpika.frames import BodyFrame, HeaderFrame, encode_method, encoded_content_frames
 
-__all__ = ["Content", "ContentError", "PublishEncoder"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Content", "ContentError", "ContentTooLargeError",
+           "PublishEncoder"]
+
+#: The largest message body a connection accepts unless told otherwise: 128 MiB.
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
 
 class ContentError(Exception):
     """Frames that do not make a message; the text says what arrived instead."""
 
 
+class ContentTooLargeError(ContentError):
+    """A content header announced a body larger than the channel's ``max_message_size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
 class Content:
-    """The message being assembled on one channel after ``method``."""
+    """The message being assembled on one channel after ``method``; ``limit`` is the
+    largest body it accepts (0: any)."""
 
-    __slots__ = ("method", "parts", "properties", "received", "size")
+    __slots__ = ("limit", "method", "parts", "properties", "received", "size")
 
-    def __init__(self, method: Method) -> None:
+    def __init__(self, method: Method, limit: int = 0) -> None:
         self.method = method
+        self.limit = limit
         self.properties: Properties | None = None
         self.size = 0
         self.received = 0
@@ -48,7 +62,8 @@ class Content:
     def frame(self, frame: object, channel: int) -> bytes | None:
         """Take the next frame; returns the whole body once it is in, else ``None``.
 
-        Raises `ContentError` for a frame that does not belong here.
+        Raises `ContentError` for a frame that does not belong here, and
+        `ContentTooLargeError` for a header that announces more than ``limit``.
         """
         method = self.method
         if self.properties is None:
@@ -58,6 +73,8 @@ class Content:
             if frame.class_id != method.CLASS_ID:
                 raise ContentError(f"content header of class {frame.class_id} after "
                                    f"{method.NAME}")
+            if self.limit and frame.body_size > self.limit:
+                raise ContentTooLargeError(frame.body_size)
             self.properties = frame.properties
             self.size = frame.body_size
             return b"" if frame.body_size == 0 else None

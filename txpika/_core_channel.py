@@ -18,7 +18,7 @@ from typing import Any
 from txpika import events as ev
 from txpika import spec
 from txpika._confirms import ConfirmBook
-from txpika._content import Content, ContentError
+from txpika._content import Content, ContentError, ContentTooLargeError
 from txpika._specbase import Dialect, Method, Properties
 from txpika._states import (
     CHANNEL_RECEIVES,
@@ -29,9 +29,11 @@ from txpika._states import (
 from txpika._tags import TagSet
 from txpika.errors import (
     COMMAND_INVALID,
+    CONTENT_TOO_LARGE,
     REPLY_SUCCESS,
     UNEXPECTED_FRAME,
     ChannelClosedByClient,
+    MessageTooLarge,
     UsageError,
     channel_error,
 )
@@ -78,6 +80,7 @@ class CoreChannel:
         "_reply_states",
         "_write",
         "awaiting",
+        "close_error",
         "confirms",
         "consumers",
         "content",
@@ -85,6 +88,7 @@ class CoreChannel:
         "frame_max",
         "get_no_ack",
         "id",
+        "max_message_size",
         "queue",
         "reported",
         "state",
@@ -93,8 +97,10 @@ class CoreChannel:
 
     def __init__(self, channel_id: int, dialect: Dialect, frame_max: int,
                  events: deque[ev.Event], write: Callable[[bytes], None], fail: Fail,
-                 decoder: FrameDecoder) -> None:
+                 decoder: FrameDecoder, max_message_size: int = 0) -> None:
         self.id = channel_id
+        self.max_message_size = max_message_size  # 0: no limit
+        self.close_error: BaseException | None = None  # what a close-ok reports
         self.state = _OPENING
         self.frame_max = frame_max
         self._dialect = dialect
@@ -283,7 +289,7 @@ class CoreChannel:
             handler(self, frame.method)
 
     def _on_close_ok(self, method: Any) -> None:
-        self._report_closed(ChannelClosedByClient(REPLY_SUCCESS, "closed"))
+        self._report_closed(self.close_error or ChannelClosedByClient(REPLY_SUCCESS, "closed"))
 
     # -- content ----------------------------------------------------------------------------
 
@@ -291,15 +297,33 @@ class CoreChannel:
         # The usual case: header and body are here already, taken in one go.
         content = self._decoder.next_content(self.id, method.CLASS_ID)
         if content is None:
-            self.content = Content(method)
+            self.content = Content(method, self.max_message_size)
+            return
+        limit = self.max_message_size
+        if limit and len(content[1]) > limit:
+            self._too_large(method, len(content[1]))
             return
         self._finish_content(method, content[0], content[1])
+
+    def _too_large(self, method: Method, size: int) -> None:
+        # Close the channel before any of the body is kept: the broker requeues the
+        # delivery, the body frames still on their way are dropped while closing, and the
+        # close-ok reports the error to whatever waited on the channel.
+        self.content = None
+        if method.NAME == "basic.get-ok" and self.get_no_ack:
+            self.get_no_ack.popleft()
+        error = MessageTooLarge(size, self.max_message_size, method.NAME, self.id)
+        self.start_closing(CONTENT_TOO_LARGE, error.reply_text)
+        self.close_error = error
 
     def _content_frame(self, frame: Any) -> None:
         content = self.content
         assert content is not None
         try:
             body = content.frame(frame, self.id)
+        except ContentTooLargeError as exc:
+            self._too_large(content.method, exc.size)
+            return
         except ContentError as exc:
             self._fail(UNEXPECTED_FRAME, str(exc), 0, 0)
             return

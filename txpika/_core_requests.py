@@ -52,6 +52,7 @@ class CoreRequests:
     dialect: Dialect
     channel_max: int
     frame_max: int
+    max_message_size: int
     _m: Any
     _channels: dict[int, CoreChannel]
     _events: deque[ev.Event]
@@ -97,7 +98,7 @@ class CoreRequests:
             raise UsageError(f"channel {channel} is already in use")
         ch = self._channels[channel] = CoreChannel(
             channel, self.dialect, self.frame_max, self._events, self._write,
-            self._fail_protocol, self._decoder)
+            self._fail_protocol, self._decoder, self.max_message_size)
         ch.request(self._m.Channel.Open())
         return channel
 

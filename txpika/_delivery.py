@@ -1,6 +1,6 @@
 """What a message is, for every adapter: `MessageBase`, built by the channel book.
 
-The Twisted `txpika.message.Message` (Deferreds), the blocking adapter's message (results
+The Twisted `txpika.channel.Message` (Deferreds), the blocking adapter's message (results
 directly) and the asyncio adapter's add ``ack``/``nack``/``reject`` on top. No I/O library.
 """
 

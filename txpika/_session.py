@@ -43,7 +43,7 @@ def core_for(parameters: ConnectionParameters) -> Connection:
         dialect=dialect_for(p.protocol), credentials=p.credentials,
         virtual_host=p.virtual_host, channel_max=p.channel_max, frame_max=p.frame_max,
         heartbeat=p.heartbeat, locale=p.locale, client_properties=p.client_properties,
-        connection_name=p.connection_name)
+        connection_name=p.connection_name, max_message_size=p.max_message_size)
 
 
 def _ignore(*args: object) -> None:

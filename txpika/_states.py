@@ -47,12 +47,19 @@ __all__ = [
 class ConnState(Enum):
     """Where the connection handshake and shutdown stand."""
 
+    #: Nothing sent yet.
     IDLE = "idle"  # initiate() not called yet
+    #: The protocol header is sent; waiting for ``connection.start``.
     AWAIT_START = "await-start"  # protocol header sent
+    #: ``start-ok`` sent; ``secure``, ``tune`` or ``close`` may come.
     AWAIT_TUNE = "await-tune"  # start-ok sent; secure, tune or close may come
+    #: ``tune-ok`` and ``open`` sent; waiting for ``open-ok``.
     AWAIT_OPEN_OK = "await-open-ok"  # tune-ok and open sent
+    #: Open: channels may be opened.
     OPEN = "open"
+    #: ``connection.close`` sent, waiting for ``close-ok``.
     CLOSING = "closing"  # connection.close sent, waiting for close-ok
+    #: Over: the driver should drop the transport.
     CLOSED = "closed"  # over: the driver should drop the transport
 
     # Members are singletons: identity is equality. Enum's own __hash__ is Python code, paid
@@ -63,9 +70,13 @@ class ConnState(Enum):
 class ChannelState(Enum):
     """Where one channel stands. A channel that is closed is gone from the core."""
 
+    #: ``channel.open`` sent, ``open-ok`` not yet received.
     OPENING = "opening"  # channel.open sent
+    #: Open: methods may be sent.
     OPEN = "open"
+    #: ``channel.close`` sent, waiting for ``close-ok``.
     CLOSING = "closing"  # channel.close sent, waiting for close-ok
+    #: Closed: the broker's ``close-ok`` (or ``close``) arrived.
     CLOSED = "closed"  # the broker's close-ok (or close) arrived: forgotten at once
 
     __hash__ = object.__hash__

@@ -1,7 +1,7 @@
 """AMQP 0-9-1 wire primitives: short and long strings, timestamps, field tables and arrays.
 
-Every delivered message's headers go through :func:`decode_table`, so this module is written
-for speed: precompiled :class:`struct.Struct` objects, ``unpack_from`` on the original bytes
+Every delivered message's headers go through `decode_table`, so this module is written
+for speed: precompiled `struct.Struct` objects, ``unpack_from`` on the original bytes
 with integer offsets, the common tags tested first, and one ``try`` (free in Python 3.11) at
 each public entry point instead of a bounds check before every read.
 
@@ -10,10 +10,10 @@ This module holds the decoders and what both directions share; the encoders are 
 
 Decoders take ``(data, offset)``, where ``data`` is ``bytes`` (not a ``memoryview``: the
 frame's own bytes, read in place), and return ``(value, new_offset)``. They raise only
-:class:`WireError` for malformed input: truncated data, a table or array whose entries run
+`WireError` for malformed input: truncated data, a table or array whose entries run
 past its declared length (or leave bytes inside it that are not a whole entry), an unknown
-tag, a timestamp out of :class:`~datetime.datetime`'s range, nesting deeper than
-:data:`MAX_DEPTH` levels. Encoders return ``bytes`` and raise only :class:`EncodeError`, before
+tag, a timestamp out of `datetime.datetime`'s range, nesting deeper than
+`MAX_DEPTH` levels. Encoders return ``bytes`` and raise only `EncodeError`, before
 any byte is produced.
 
 Field values
@@ -38,16 +38,16 @@ D     decimal: octet scale, int32 value    ``decimal.Decimal`` (value * 10**-sca
 S     long string (4-byte length)          ``str`` (UTF-8, ``errors="surrogateescape"``)
 x     byte array (4-byte length)           ``bytes`` (also encodes bytearray, memoryview)
 A     array (4-byte length, tagged items)  ``list`` (also encodes tuple)
-T     timestamp, uint64 seconds since 1970 ``datetime.datetime``, aware, in UTC
+T     timestamp, uint64 s since 1970       ``datetime.datetime``, aware, in UTC
 F     nested field table                   ``dict`` (also encodes any ``Mapping``)
 V     void                                 ``None``
 ====  ===================================  =================================================
 
 Encoding picks the tag from the Python type, checked in this order: ``bool`` -> t; ``int``
--> I if it fits int32, else l if it fits int64, else :class:`EncodeError`; ``float`` -> d;
+-> I if it fits int32, else l if it fits int64, else `EncodeError`; ``float`` -> d;
 ``Decimal`` -> D; ``str`` -> S; ``bytes``/``bytearray``/``memoryview`` -> x; ``datetime`` ->
 T; ``Mapping`` -> F; ``list``/``tuple`` -> A; ``None`` -> V. Anything else is an
-:class:`EncodeError` naming the type and where in the table it was.
+`EncodeError` naming the type and where in the table it was.
 
 Round trips: ``decode(encode(v)) == v`` for every value built from these types, with these
 fine points:
@@ -61,7 +61,7 @@ fine points:
 * A Decimal keeps its exponent (``Decimal("1.50")`` is scale 2, value 150, and decodes as
   ``Decimal("1.50")`` again); a positive exponent is multiplied out (``Decimal("1E+3")`` is
   scale 0, value 1000). One whose digits do not fit int32 or whose scale exceeds 255 loses
-  trailing zeros if that makes it fit (an equal number), else it is an :class:`EncodeError`;
+  trailing zeros if that makes it fit (an equal number), else it is an `EncodeError`;
   so is a NaN or an infinity. A negative zero decodes as zero.
 * A float NaN encodes and decodes, but is never equal to itself.
 * Strings use ``surrogateescape``, so a long string (S) or short string holding bytes that are

@@ -17,6 +17,7 @@ class Credentials:
 
     __slots__ = ()
 
+    #: The SASL mechanism name sent in ``connection.start-ok``.
     mechanism: str = ""
 
     def response(self) -> bytes:
@@ -39,9 +40,11 @@ class PlainCredentials(Credentials):
 
     __slots__ = ("_password", "username")
 
+    #: ``PLAIN`` (RFC 4616): the username and password in the clear; use TLS.
     mechanism = "PLAIN"
 
     def __init__(self, username: str, password: str) -> None:
+        #: The username (the password is never shown in reprs or logs).
         self.username = username
         self._password = password
 
@@ -67,6 +70,7 @@ class AMQPlainCredentials(PlainCredentials):
 
     __slots__ = ()
 
+    #: ``AMQPLAIN``: RabbitMQ's field-table form of ``PLAIN``.
     mechanism = "AMQPLAIN"
 
     def response(self) -> bytes:
@@ -79,6 +83,7 @@ class ExternalCredentials(Credentials):
 
     __slots__ = ()
 
+    #: ``EXTERNAL``: the identity comes from the TLS client certificate.
     mechanism = "EXTERNAL"
 
     def response(self) -> bytes:

@@ -43,12 +43,14 @@ class Message(DeferredSettling):
 
     __slots__ = ()
 
+    #: The channel it came on; ``None`` for a message a test built by hand.
     channel: Channel | None
 
 
 class Consumer(ConsumerBase[Message]):
     """A consumer on a queue; see `txpika._consumer.ConsumerBase`."""
 
+    #: The channel the consumer was started on.
     channel: Channel
 
 
@@ -91,12 +93,30 @@ class _Drop:
 
 
 class Channel:
-    """One AMQP channel; get it from ``AMQPProtocol.channel()``."""
+    """One AMQP channel; get it from `txpika.protocol.AMQPProtocol.channel`.
+
+    Every method that returns a Deferred fires it exactly once. Besides the failures each
+    method names, any of them fails with:
+
+    - the `txpika.errors.ChannelClosed` that closed the channel (a
+      `txpika.errors.ChannelClosedByBroker` subclass for the broker's channel error, such as
+      `txpika.errors.NotFound`, or `txpika.errors.ChannelClosedByClient` after `close`), or
+      the `txpika.errors.ConnectionClosed` that ended the connection;
+    - `twisted.internet.defer.TimeoutError` when ``timeout`` (seconds) passes, and
+      `twisted.internet.defer.CancelledError` when the caller cancels the Deferred (the
+      broker's late reply is absorbed);
+    - `txpika.errors.UsageError` for a call that cannot be sent (an argument that cannot be
+      encoded, a method the dialect lacks); the Deferred is then already failed, nothing was
+      sent, and the method never raises.
+
+    Channels are not thread-safe: use them from the reactor thread.
+    """
 
     def __init__(self, port: ChannelPort, book: ChannelBook, requests: Requests) -> None:
         self._port = port
         self._book = book
         self._req = requests
+        #: The channel's number on its connection.
         self.channel_number = book.number
         self._closing = False
 
@@ -138,7 +158,7 @@ class Channel:
         durable: bool = False, auto_delete: bool = False, internal: bool = False,
         arguments: _Args = None, timeout: float | None = None,
     ) -> Deferred[spec.Exchange.DeclareOk]:
-        """Declare an exchange. Fires with ``Exchange.DeclareOk``; fails with
+        """Declare an exchange. Fires with `spec.Exchange.DeclareOk`; fails with
         `txpika.errors.NotFound` (passive, missing), `txpika.errors.PreconditionFailed`
         (declared differently before), or as the module docstring says."""
         return self._call(self._req.exchange_declare(
@@ -147,7 +167,7 @@ class Channel:
 
     def exchange_delete(self, exchange: str, if_unused: bool = False,
                         timeout: float | None = None) -> Deferred[spec.Exchange.DeleteOk]:
-        """Delete an exchange. Fires with ``Exchange.DeleteOk``; fails with
+        """Delete an exchange. Fires with `spec.Exchange.DeleteOk`; fails with
         `txpika.errors.PreconditionFailed` (``if_unused`` and bound)."""
         return self._call(self._req.exchange_delete(exchange, if_unused), timeout)
 
@@ -155,7 +175,7 @@ class Channel:
                       arguments: _Args = None,
                       timeout: float | None = None) -> Deferred[spec.Exchange.BindOk]:
         """Bind exchange ``destination`` to ``source`` (RabbitMQ extension, 0-9-1 only).
-        Fires with ``Exchange.BindOk``; fails with `txpika.errors.NotFound`, or
+        Fires with `spec.Exchange.BindOk`; fails with `txpika.errors.NotFound`, or
         `txpika.errors.UsageError` on 0-8."""
         return self._call(self._req.exchange_bind(destination, source, routing_key,
                                                   arguments), timeout)
@@ -163,7 +183,7 @@ class Channel:
     def exchange_unbind(self, destination: str, source: str, routing_key: str = "",
                         arguments: _Args = None,
                         timeout: float | None = None) -> Deferred[spec.Exchange.UnbindOk]:
-        """Remove an exchange binding. Fires with ``Exchange.UnbindOk``; fails as
+        """Remove an exchange binding. Fires with `spec.Exchange.UnbindOk`; fails as
         `exchange_bind` does."""
         return self._call(self._req.exchange_unbind(destination, source, routing_key,
                                                     arguments), timeout)
@@ -175,7 +195,7 @@ class Channel:
         exclusive: bool | None = None, auto_delete: bool | None = None,
         arguments: _Args = None, timeout: float | None = None,
     ) -> Deferred[spec.Queue.DeclareOk]:
-        """Declare a queue. Fires with ``Queue.DeclareOk`` (``queue``, ``message_count``,
+        """Declare a queue. Fires with `spec.Queue.DeclareOk` (``queue``, ``message_count``,
         ``consumer_count``). A server-named queue (``queue=""``) defaults to exclusive and
         auto-delete; a named one to neither. Fails with `txpika.errors.NotFound` (passive,
         missing), `txpika.errors.ResourceLocked` (exclusive elsewhere) or
@@ -186,7 +206,7 @@ class Channel:
     def queue_bind(self, queue: str, exchange: str, routing_key: str = "",
                    arguments: _Args = None,
                    timeout: float | None = None) -> Deferred[spec.Queue.BindOk]:
-        """Bind a queue to an exchange. Fires with ``Queue.BindOk``; fails with
+        """Bind a queue to an exchange. Fires with `spec.Queue.BindOk`; fails with
         `txpika.errors.NotFound` if either is missing."""
         return self._call(self._req.queue_bind(queue, exchange, routing_key, arguments),
                           timeout)
@@ -194,18 +214,18 @@ class Channel:
     def queue_unbind(self, queue: str, exchange: str, routing_key: str = "",
                      arguments: _Args = None,
                      timeout: float | None = None) -> Deferred[spec.Queue.UnbindOk]:
-        """Remove a queue binding. Fires with ``Queue.UnbindOk``."""
+        """Remove a queue binding. Fires with `spec.Queue.UnbindOk`."""
         return self._call(self._req.queue_unbind(queue, exchange, routing_key, arguments),
                           timeout)
 
     def queue_purge(self, queue: str,
                     timeout: float | None = None) -> Deferred[spec.Queue.PurgeOk]:
-        """Remove every ready message. Fires with ``Queue.PurgeOk`` (``message_count``)."""
+        """Remove every ready message. Fires with `spec.Queue.PurgeOk` (``message_count``)."""
         return self._call(self._req.queue_purge(queue), timeout)
 
     def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False,
                      timeout: float | None = None) -> Deferred[spec.Queue.DeleteOk]:
-        """Delete a queue. Fires with ``Queue.DeleteOk`` (``message_count``); fails with
+        """Delete a queue. Fires with `spec.Queue.DeleteOk` (``message_count``); fails with
         `txpika.errors.PreconditionFailed` (``if_unused``/``if_empty`` not met)."""
         return self._call(self._req.queue_delete(queue, if_unused, if_empty), timeout)
 
@@ -215,7 +235,7 @@ class Channel:
                   global_qos: bool = False,
                   timeout: float | None = None) -> Deferred[spec.Basic.QosOk]:
         """Limit unacked deliveries (per consumer unless ``global_qos``). Fires with
-        ``Basic.QosOk``."""
+        `spec.Basic.QosOk`."""
         return self._call(self._req.basic_qos(prefetch_count, prefetch_size, global_qos),
                           timeout)
 
@@ -243,7 +263,7 @@ class Channel:
 
     def basic_cancel(self, consumer_tag: str,
                      timeout: float | None = None) -> Deferred[spec.Basic.CancelOk]:
-        """Cancel a consumer. Fires with ``Basic.CancelOk``; the consumer's pull side then
+        """Cancel a consumer. Fires with `spec.Basic.CancelOk`; the consumer's pull side then
         ends normally (``async for`` stops)."""
         request = self._req.basic_cancel(consumer_tag)
         return self._track(lambda d: self._book.cancel(request, d.callback, d.errback),
@@ -284,6 +304,35 @@ class Channel:
             d.addTimeout(timeout, self._port.clock)
         return d
 
+    def publish_then(self, resolve: Callable[[None], object],
+                     reject: Callable[[BaseException], object], exchange: str,
+                     routing_key: str, body: bytes, properties: Properties | None = None,
+                     mandatory: bool = False) -> None:
+        """`basic_publish` with callbacks instead of a Deferred, for code that publishes
+        many messages and keeps its own record of each (`txpika.Publisher` does):
+        ``resolve(None)`` runs when `basic_publish`'s Deferred would fire, and
+        ``reject(error)`` when it would fail, with the same errors."""
+        book = self._book
+        if book.error is not None or book.holding:
+            d = self.basic_publish(exchange, routing_key, body, properties, mandatory)
+            d.addCallbacks(resolve, lambda failure: reject(failure.value))
+            return
+        outbox = self._port.outbox
+        hold = outbox.before_publish()
+        try:
+            tag = book.publish(exchange, routing_key, body, properties, mandatory)
+        except Exception as exc:
+            reject(exc)
+            return
+        if tag:
+            book.expect_confirm(tag, resolve, reject)
+            outbox.flush()
+        elif hold:
+            outbox.hold_publish(resolve, reject)
+        else:
+            outbox.flush()
+            resolve(None)
+
     def basic_get(self, queue: str, auto_ack: bool = False,
                   timeout: float | None = None) -> Deferred[Message | None]:
         """Fetch one message. Fires with a `Message`, or ``None`` if the queue is empty."""
@@ -305,29 +354,29 @@ class Channel:
 
     def basic_recover(self, requeue: bool = True,
                       timeout: float | None = None) -> Deferred[spec.Basic.RecoverOk]:
-        """Redeliver unacked messages. Fires with ``Basic.RecoverOk``."""
+        """Redeliver unacked messages. Fires with `spec.Basic.RecoverOk`."""
         return self._call(self._req.basic_recover(requeue), timeout)
 
     def confirm_select(self, timeout: float | None = None) -> Deferred[spec.Confirm.SelectOk]:
-        """Turn on publisher confirms. Fires with ``Confirm.SelectOk``; on 0-8 fails with
+        """Turn on publisher confirms. Fires with `spec.Confirm.SelectOk`; on 0-8 fails with
         `txpika.errors.UsageError`."""
         return self._call(self._req.confirm_select(), timeout)
 
     def tx_select(self, timeout: float | None = None) -> Deferred[spec.Tx.SelectOk]:
-        """Start transactions. Fires with ``Tx.SelectOk``."""
+        """Start transactions. Fires with `spec.Tx.SelectOk`."""
         return self._call(self._req.tx_select(), timeout)
 
     def tx_commit(self, timeout: float | None = None) -> Deferred[spec.Tx.CommitOk]:
-        """Commit. Fires with ``Tx.CommitOk``."""
+        """Commit. Fires with `spec.Tx.CommitOk`."""
         return self._call(self._req.tx_commit(), timeout)
 
     def tx_rollback(self, timeout: float | None = None) -> Deferred[spec.Tx.RollbackOk]:
-        """Roll back. Fires with ``Tx.RollbackOk``."""
+        """Roll back. Fires with `spec.Tx.RollbackOk`."""
         return self._call(self._req.tx_rollback(), timeout)
 
     def flow(self, active: bool, timeout: float | None = None) -> Deferred[spec.Channel.FlowOk]:
         """Ask the broker to pause (False) or resume (True) deliveries on this channel.
-        Fires with ``Channel.FlowOk``. (RabbitMQ refuses ``active=False`` with 540.)"""
+        Fires with `spec.Channel.FlowOk`. (RabbitMQ refuses ``active=False`` with 540.)"""
         return self._call(self._req.flow(active), timeout)
 
     def close(self, reply_code: int = 200, reply_text: str = "Normal close") -> Deferred[None]:

@@ -42,6 +42,7 @@ from zope.interface import implementer
 from txpika._connect import endpoint_for
 from txpika._topology import Topology
 from txpika.errors import ConnectionRecovering, ServiceStopped
+from txpika.observe import Observer, state_listener
 from txpika.parameters import ConnectionParameters, parameters_for
 from txpika.protocol import AMQPProtocol
 from txpika.robust import RobustChannel
@@ -52,28 +53,33 @@ if TYPE_CHECKING:
 
 __all__ = ["AMQPService", "ServiceState"]
 
+#: The logger of the reconnecting service (namespace ``txpika.client``).
 log = Logger()
 
 
 class ServiceState(StrEnum):
     """Where a reconnecting service stands (equal to its string value)."""
 
+    #: Before ``startService`` and after ``stopService``.
     CLOSED = "closed"
+    #: Until the first connection is open and restored.
     CONNECTING = "connecting"
+    #: Connected and restored.
     OPEN = "open"
+    #: Connected, but the broker blocks publishers (``connection.blocked``).
     BLOCKED = "blocked"
+    #: From the loss of an open connection until a new one is open and restored.
     RECOVERING = "recovering"
 
 
-CLOSED = ServiceState.CLOSED
-CONNECTING = ServiceState.CONNECTING
-OPEN = ServiceState.OPEN
-BLOCKED = ServiceState.BLOCKED
-RECOVERING = ServiceState.RECOVERING
+#: The members of `ServiceState`, as module constants.
+CLOSED, CONNECTING, OPEN, BLOCKED, RECOVERING = ServiceState  # (its members, in order)
 
 #: How long stopService waits for the broker's close-ok before dropping the connection.
 STOP_TIMEOUT = 10.0
 
+#: The ``setup(channel)`` hook: called on each new connection instead of the replay of the recorded
+#: topology; may return a Deferred or a coroutine.
 Setup = Callable[["Channel"], object]
 
 
@@ -129,8 +135,8 @@ class AMQPService(Service):
     the recorded topology. ``retry_policy`` maps the number of failed attempts in a row
     (refused connections and failed handshakes alike) to the delay before the next
     (default: exponential backoff, 1 s, 2 s, 4 s ... up to 30 s, each plus up to 1 s of
-    jitter). ``clock`` defaults to ``reactor``.
-    """
+    jitter). ``clock`` defaults to ``reactor``. ``observer`` (`txpika.observe.Observer`) hears
+    each state change and recovery; its consumer services and publishers default to it."""
 
     def __init__(
         self,
@@ -139,21 +145,28 @@ class AMQPService(Service):
         setup: Setup | None = None,
         *,
         retry_policy: Callable[[int], float] | None = None,
-        clock: IReactorTime | None = None,
+        clock: IReactorTime | None = None, observer: Observer | None = None,
         **overrides: Any,
     ) -> None:
-        targets = [brokers] if isinstance(brokers, (str, ConnectionParameters)) else list(
-            brokers)
+        targets = [brokers] if isinstance(brokers, (str, ConnectionParameters)) else [*brokers]
         if not targets:
             raise ValueError("AMQPService needs at least one broker")
+        #: The reactor it connects with.
         self.reactor = reactor
+        #: The clock retries and timeouts run on (the reactor unless one was given).
         self.clock: IReactorTime = clock or reactor
+        #: The brokers' parameters, tried in turn.
         self.brokers = [parameters_for(t, overrides) for t in targets]
+        #: The ``setup`` hook, or ``None`` to replay the recorded topology.
         self.setup = setup
+        #: What robust channels declared, replayed on each new connection.
         self.topology = Topology()
         self._attempt = self.brokers[0]
         self._state = CLOSED
         self._listeners: list[Callable[[ServiceState], object]] = []
+        #: The `txpika.observe.Observer` told of state changes and recoveries, or ``None``.
+        self.observer = observer  # reports state changes and recoveries (a listener):
+        self._listeners += [state_listener(observer, self)] if observer is not None else []
         self._protocol: AMQPProtocol | None = None
         self._connecting: AMQPProtocol | None = None  # being opened and restored
         self._broker: ConnectionParameters | None = None
@@ -247,14 +260,16 @@ class AMQPService(Service):
 
         return self.connection().addCallback(opened)
 
-    def publisher(self, *, at_least_once: bool = False, max_pending: int = 10000
-                  ) -> Deferred[Publisher]:
+    def publisher(self, *, at_least_once: bool = False, max_pending: int = 10000,
+                  **options: Any) -> Deferred[Publisher]:
         """A started `txpika.publisher.Publisher` on this service (confirms on; with
-        ``at_least_once`` it holds and republishes unconfirmed messages after recovery).
-        Fires once its channel is open; fails like `channel`."""
+        ``at_least_once`` it holds and republishes unconfirmed messages after recovery;
+        ``options``: its ``observer``, ``tracing``). Fires once its channel is open; fails
+        like `channel`."""
         from txpika.publisher import Publisher
 
-        return Publisher(self, at_least_once=at_least_once, max_pending=max_pending).start()
+        return Publisher(self, at_least_once=at_least_once, max_pending=max_pending,
+                         **options).start()
 
     def unavailable(self) -> Exception:
         """The error for work attempted now: `ServiceStopped` or `ConnectionRecovering`."""
@@ -265,6 +280,8 @@ class AMQPService(Service):
     # -- IService ------------------------------------------------------------------------------
 
     def startService(self) -> None:
+        """``IService``: start connecting (state ``connecting``, or ``recovering`` after a stop and
+        start); returns at once."""
         super().startService()  # type: ignore[no-untyped-call]
         self._set_state(RECOVERING if self._ever_open else CONNECTING)
         self._client.startService()

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from txpika import _handshake, spec
 from txpika import events as ev
-from txpika._content import PublishEncoder
+from txpika._content import DEFAULT_MAX_MESSAGE_SIZE, PublishEncoder
 from txpika._core_channel import CoreChannel, method_name, unexpected_text
 from txpika._core_requests import CoreRequests
 from txpika._handshake import CAPABILITIES
@@ -102,6 +102,7 @@ class Connection(CoreRequests):
         locale: str = "en_US",
         client_properties: Mapping[str, Any] | None = None,
         connection_name: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         """Set up the core; nothing is sent until `initiate`.
 
@@ -109,27 +110,44 @@ class Connection(CoreRequests):
         is the lower of ours and the broker's. ``heartbeat`` is the interval in seconds we ask
         for: ``None`` takes the broker's proposal, 0 turns heartbeats off, any other value is
         lowered to the broker's proposal when that is smaller and not 0.
+        ``max_message_size`` is the largest message body accepted (0: any): a delivery,
+        ``basic.get`` reply or return whose header announces more closes its channel with
+        311 before the body is buffered, and the channel's `events.ChannelClosed` carries
+        `txpika.errors.MessageTooLarge`.
         """
+        if max_message_size < 0:
+            raise UsageError(f"max_message_size {max_message_size} is negative")
         if frame_max and frame_max < FRAME_MIN_SIZE:
             raise UsageError(f"frame_max {frame_max} is below the minimum {FRAME_MIN_SIZE}")
         if not 0 <= channel_max <= 65535:
             raise UsageError(f"channel_max {channel_max} is outside 0..65535")
         if heartbeat is not None and not 0 <= heartbeat <= 65535:
             raise UsageError(f"heartbeat {heartbeat} is outside 0..65535")
+        #: The AMQP dialect spoken (`txpika._specbase.Dialect`).
         self.dialect = dialect
         self._m = dialect.module
+        #: The virtual host opened.
         self.virtual_host = virtual_host
         self._handshake = _handshake.Handshake(
             dialect, credentials or PlainCredentials("guest", "guest"), virtual_host, locale,
             _handshake.client_properties(dialect, __version__, client_properties,
                                          connection_name),
             channel_max, frame_max, heartbeat)
+        #: Where the handshake or the connection is (`txpika.connection.ConnState`).
         self.state = ConnState.IDLE
+        #: The broker's ``server-properties``, once ``connection.start`` arrived.
         self.server_properties: Mapping[str, Any] = {}
+        #: The negotiated most channels (0 until tuned).
         self.channel_max = 0
+        #: The negotiated largest frame (0 until tuned).
         self.frame_max = 0
+        #: The largest message body accepted (0: any); see `txpika.errors.MessageTooLarge`.
+        self.max_message_size = max_message_size
+        #: The negotiated heartbeat interval in seconds (0: none).
         self.heartbeat = 0
+        #: True while the broker blocks publishers (``connection.blocked``).
         self.blocked = False
+        #: The broker's reason for blocking, or ``""``.
         self.blocked_reason = ""
         self._decoder = FrameDecoder(dialect)
         self._out: list[bytes | memoryview] = []

@@ -57,6 +57,7 @@ __all__ = [
     "HeartbeatTimeout",
     "InternalError",
     "InvalidPath",
+    "MessageTooLarge",
     "NackError",
     "NoConsumers",
     "NoRoute",
@@ -79,24 +80,43 @@ __all__ = [
 ]
 
 # Reply codes from the AMQP 0-9-1 specification.
+#: Reply code 200: a normal close.
 REPLY_SUCCESS = 200
+#: Reply code 311: the content was too large.
 CONTENT_TOO_LARGE = 311
+#: Reply code 312: a mandatory publish that no queue was bound for.
 NO_ROUTE = 312
+#: Reply code 313: an immediate publish with no consumer (not in RabbitMQ).
 NO_CONSUMERS = 313
+#: Reply code 320: an operator closed the connection, or the broker shuts down.
 CONNECTION_FORCED = 320
+#: Reply code 402: the virtual host does not exist.
 INVALID_PATH = 402
+#: Reply code 403: access refused.
 ACCESS_REFUSED = 403
+#: Reply code 404: no such queue or exchange.
 NOT_FOUND = 404
+#: Reply code 405: an exclusive queue of another connection.
 RESOURCE_LOCKED = 405
+#: Reply code 406: declared differently before, or a failed precondition.
 PRECONDITION_FAILED = 406
+#: Reply code 501: a malformed frame.
 FRAME_ERROR = 501
+#: Reply code 502: a malformed method or field.
 SYNTAX_ERROR = 502
+#: Reply code 503: a method not allowed now.
 COMMAND_INVALID = 503
+#: Reply code 504: a channel that is not open.
 CHANNEL_ERROR = 504
+#: Reply code 505: a frame out of sequence.
 UNEXPECTED_FRAME = 505
+#: Reply code 506: the broker ran out of a resource.
 RESOURCE_ERROR = 506
+#: Reply code 530: not allowed (a virtual host the user may not open...).
 NOT_ALLOWED = 530
+#: Reply code 540: a feature the broker does not implement.
 NOT_IMPLEMENTED = 540
+#: Reply code 541: an internal error of the broker.
 INTERNAL_ERROR = 541
 
 
@@ -157,6 +177,7 @@ class ConnectionLost(ConnectionClosed):
 
     def __init__(self, reason: BaseException | None = None, text: str = "") -> None:
         super().__init__(0, text or f"connection lost: {reason or 'the transport closed'}")
+        #: The transport's exception, or ``None`` when it just closed.
         self.reason = reason
         self.__cause__ = reason
 
@@ -176,6 +197,36 @@ class ChannelClosedByClient(ChannelClosed):
     """This client closed the channel."""
 
 
+class MessageTooLarge(ChannelClosedByClient):
+    """311: a message arriving on the channel was larger than ``max_message_size``.
+
+    Its content header announced ``size`` bytes, more than ``limit``; txpika closed the
+    channel (reply code 311 CONTENT_TOO_LARGE) before buffering the body, so the broker
+    requeues the delivery, and the connection and its other channels go on. Pending calls
+    and consumers of the channel fail with this error. ``method_name`` is what brought it:
+    ``basic.deliver``, ``basic.get-ok`` or ``basic.return``.
+    """
+
+    def __init__(self, size: int, limit: int, method_name: str, channel: int) -> None:
+        #: The body size, in octets, its content header announced.
+        self.size = size
+        #: The connection's ``max_message_size``.
+        self.limit = limit
+        #: The channel it arrived on (now closed).
+        self.channel = channel
+        super().__init__(
+            CONTENT_TOO_LARGE,
+            f"{method_name} of {size} bytes on channel {channel} exceeds max_message_size "
+            f"{limit}",
+            method_name=None,
+        )
+        #: ``basic.deliver``, ``basic.get-ok`` or ``basic.return``.
+        self.method_name = method_name
+
+    def __str__(self) -> str:
+        return f"{self.reply_code} {self.reply_text}"
+
+
 class ProtocolError(ConnectionClosed):
     """The peer broke the protocol; txpika closed the connection with ``reply_code``.
 
@@ -190,6 +241,7 @@ class HeartbeatTimeout(ConnectionClosed):
 
     def __init__(self, interval: float) -> None:
         super().__init__(CONNECTION_FORCED, f"no traffic from the peer for {2 * interval:g} s")
+        #: The negotiated heartbeat interval in seconds.
         self.interval = interval
 
 
@@ -281,6 +333,7 @@ class NackError(AMQPError):
 
     def __init__(self, delivery_tag: int) -> None:
         super().__init__(f"the broker nacked publish {delivery_tag}")
+        #: The delivery tag of the nacked publish.
         self.delivery_tag = delivery_tag
 
 
@@ -289,8 +342,11 @@ class UnroutableError(AMQPError):
 
     def __init__(self, message: Any, reply_code: int, reply_text: str) -> None:
         super().__init__(f"message returned: {reply_code} {reply_text}")
+        #: The returned message (a `txpika.Message`, or a `txpika.blocking.Message`).
         self.message = message
+        #: The broker's reply code (312 NO_ROUTE).
         self.reply_code = reply_code
+        #: The broker's reply text.
         self.reply_text = reply_text
 
 
@@ -302,6 +358,7 @@ class OutcomeUnknownError(AMQPError):
 
     def __init__(self, reason: BaseException | str) -> None:
         super().__init__(f"publish outcome unknown: {reason}")
+        #: Why the outcome is unknown: the error that ended the channel or connection.
         self.reason = reason
 
 
@@ -314,6 +371,7 @@ class ConsumerCancelled(AMQPError):
 
     def __init__(self, consumer_tag: str, reason: str = "cancelled by the broker") -> None:
         super().__init__(f"consumer {consumer_tag!r} {reason}")
+        #: The tag of the consumer that ended.
         self.consumer_tag = consumer_tag
 
 

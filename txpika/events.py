@@ -33,10 +33,15 @@ __all__ = [
 class ConnectionOpened:
     """``connection.open-ok`` arrived: the connection is usable with these tuned limits."""
 
+    #: The broker's ``server-properties`` (product, version, capabilities...).
     server_properties: Mapping[str, Any]
+    #: The negotiated most channels.
     channel_max: int
+    #: The negotiated largest frame, in bytes.
     frame_max: int
+    #: The negotiated heartbeat interval in seconds (0: none).
     heartbeat: int
+    #: ``known-hosts`` of ``connection.open-ok`` (AMQP 0-8 only).
     known_hosts: str = ""
 
 
@@ -52,6 +57,7 @@ class ConnectionClosed:
     ``Connection.connection_lost``.
     """
 
+    #: Why it closed: a `txpika.errors.ConnectionClosed` (or subclass).
     error: BaseException
 
 
@@ -59,6 +65,7 @@ class ConnectionClosed:
 class ConnectionBlocked:
     """The broker stopped publishers on this connection (``connection.blocked``)."""
 
+    #: The broker's reason (for example ``low on memory``).
     reason: str
 
 
@@ -71,6 +78,7 @@ class ConnectionUnblocked:
 class ChannelOpened:
     """``channel.open-ok`` arrived for ``channel``."""
 
+    #: The channel number.
     channel: int
 
 
@@ -78,7 +86,9 @@ class ChannelOpened:
 class ChannelClosed:
     """``channel`` is closed; ``error`` is a `txpika.errors.ChannelClosed` saying why."""
 
+    #: The channel number.
     channel: int
+    #: Why it closed: a `txpika.errors.ChannelClosed` (or subclass).
     error: BaseException
 
 
@@ -86,7 +96,9 @@ class ChannelClosed:
 class ChannelFlow:
     """The broker asked ``channel`` to stop (``active=False``) or resume sending content."""
 
+    #: The channel number.
     channel: int
+    #: True when the broker lets the channel send again, False when it stops it.
     active: bool
 
 
@@ -94,7 +106,9 @@ class ChannelFlow:
 class MethodReceived:
     """A method without content: a reply to a synchronous request, or ``basic.cancel``."""
 
+    #: The channel number.
     channel: int
+    #: The method the broker sent.
     method: Method
 
 
@@ -103,9 +117,13 @@ class MessageReceived:
     """A whole message: ``basic.deliver``, ``basic.get-ok``, or ``basic.return`` outside
     confirm mode, with its properties and body."""
 
+    #: The channel number.
     channel: int
+    #: The method that carried the content: ``basic.deliver``, ``basic.get-ok`` or ``basic.return``.
     method: Method
+    #: The message's properties.
     properties: Properties
+    #: The message's body.
     body: bytes
 
 
@@ -113,7 +131,9 @@ class MessageReceived:
 class PublishAcked:
     """The broker confirmed these publishes (the sequence numbers ``basic_publish`` gave)."""
 
+    #: The channel number.
     channel: int
+    #: The delivery tags of the publishes the broker acked (``multiple`` expanded).
     delivery_tags: tuple[int, ...]
 
 
@@ -121,7 +141,9 @@ class PublishAcked:
 class PublishNacked:
     """The broker refused these publishes (``basic.nack``)."""
 
+    #: The channel number.
     channel: int
+    #: The delivery tags of the publishes the broker nacked (``multiple`` expanded).
     delivery_tags: tuple[int, ...]
 
 
@@ -133,10 +155,15 @@ class PublishReturned:
     as a `PublishAcked`. ``method`` is the ``basic.return``.
     """
 
+    #: The channel number.
     channel: int
+    #: The delivery tag of the returned publish in confirm mode, 0 outside it.
     delivery_tag: int
+    #: The ``basic.return`` method (reply code and text, exchange, routing key).
     method: Method
+    #: The returned message's properties.
     properties: Properties
+    #: The returned message's body.
     body: bytes
 
 
@@ -161,6 +188,7 @@ def _message_received(channel: int, method: Method, properties: Properties,
     return built
 
 
+#: Any event `txpika.connection.Connection.next_event` returns (besides ``NEED_DATA``).
 Event = (
     ConnectionOpened
     | ConnectionClosed

@@ -63,11 +63,17 @@ __all__ = [
     "encode_method",
 ]
 
+#: Frame type of a method frame.
 FRAME_METHOD: Final = 1
+#: Frame type of a content header frame.
 FRAME_HEADER: Final = 2
+#: Frame type of a content body frame.
 FRAME_BODY: Final = 3
+#: Frame type of a heartbeat frame.
 FRAME_HEARTBEAT: Final = 8
+#: The octet that ends every frame.
 FRAME_END: Final = 0xCE
+#: The smallest ``frame_max`` a peer may ask for (AMQP 0-9-1).
 FRAME_MIN_SIZE: Final = 4096
 #: Frame header (7 octets) and frame end (1 octet).
 FRAME_OVERHEAD: Final = 8
@@ -85,6 +91,7 @@ _END = b"\xce"
 #: A body frame larger than this (payload octets) that is not all received yet is handed out
 #: in pieces as it arrives (see the module docstring).
 STREAM_MIN: Final = 16384
+#: A heartbeat frame, encoded.
 HEARTBEAT: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
@@ -116,7 +123,9 @@ class FrameDecodeError(ProtocolError):
 class MethodFrame:
     """A method on ``channel``."""
 
+    #: The channel number.
     channel: int
+    #: The method it carries.
     method: Method
 
 
@@ -124,9 +133,13 @@ class MethodFrame:
 class HeaderFrame:
     """A content header: the size of the body that follows and its properties."""
 
+    #: The channel number.
     channel: int
+    #: The content class (60: ``basic``).
     class_id: int
+    #: The size of the whole body, in bytes, across its body frames.
     body_size: int
+    #: The content's properties.
     properties: Properties
 
 
@@ -135,7 +148,9 @@ class BodyFrame:
     """A body frame's payload, or a piece of it (a ``memoryview``) while a large frame is
     still arriving."""
 
+    #: The channel number.
     channel: int
+    #: A piece of the body.
     payload: bytes | memoryview
 
 
@@ -143,9 +158,11 @@ class BodyFrame:
 class HeartbeatFrame:
     """A heartbeat (always on channel 0). Frozen: the decoder returns one shared instance."""
 
+    #: Always 0: heartbeats belong to the connection.
     channel: int = 0
 
 
+#: Any frame the decoder returns.
 Frame = MethodFrame | HeaderFrame | BodyFrame | HeartbeatFrame
 
 _new = object.__new__
@@ -171,6 +188,7 @@ class FrameDecoder:
         self._properties_decoders = {
             class_id: cls.decode for class_id, cls in dialect.properties.items()
         }
+        #: The largest frame accepted, in bytes (the negotiated ``frame_max``).
         self.frame_max = frame_max
         self._buf = b""
         self._pos = 0

@@ -6,10 +6,10 @@ naming the bad part; the password never appears in an error, a repr or a log lin
 
 URL form: ``amqp[s]://[user[:password]@]host[:port][/vhost][?option=value&...]``. The vhost
 is percent-decoded (``%2F`` is ``/``); an empty path means ``/``. Options: ``heartbeat``,
-``frame_max``, ``channel_max``, ``connection_timeout``, ``locale``, ``auth_mechanism``
-(PLAIN, AMQPLAIN, EXTERNAL), ``connection_name``, ``protocol`` (``0-9-1`` or ``0-8``),
-``flow_policy`` (``wait`` or ``raise``), and for TLS ``cafile``, ``certfile``, ``keyfile``,
-``server_hostname`` and ``verify`` (true/false).
+``frame_max``, ``channel_max``, ``max_message_size``, ``connection_timeout``, ``locale``,
+``auth_mechanism`` (PLAIN, AMQPLAIN, EXTERNAL), ``connection_name``, ``protocol``
+(``0-9-1`` or ``0-8``), ``flow_policy`` (``wait`` or ``raise``), and for TLS ``cafile``,
+``certfile``, ``keyfile``, ``server_hostname`` and ``verify`` (true/false).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from txpika._content import DEFAULT_MAX_MESSAGE_SIZE
 from txpika.auth import AMQPlainCredentials, Credentials, ExternalCredentials, PlainCredentials
 from txpika.errors import UsageError
 
@@ -44,28 +45,55 @@ class ConnectionParameters:
     ``verify`` is False. ``protocol`` chooses the dialect: ``"0-9-1"`` or ``"0-8"``.
     ``flow_policy`` says what a publish does while the broker blocks publishers: ``"wait"``
     until it unblocks, or ``"raise"`` `txpika.errors.FlowControlError` at once.
+    ``max_message_size`` is the largest message body accepted, in octets (default
+    128 MiB; 0: no limit): a bigger delivery, ``basic.get`` reply or return fails with
+    `txpika.errors.MessageTooLarge` before its body is buffered (its channel is closed,
+    so the broker requeues it; the connection goes on).
     """
 
+    #: The broker's host name or address.
     host: str = "localhost"
+    #: The TCP port; ``None`` means 5672, or 5671 with TLS.
     port: int | None = None
+    #: The virtual host to open (``/`` is the default one; ``%2F`` in a URL).
     virtual_host: str = "/"
+    #: The user name for the SASL mechanism.
     username: str = "guest"
+    #: The password (never in reprs, logs or exceptions).
     password: str = field(default="guest", repr=False)
+    #: The SASL mechanism: ``PLAIN``, ``AMQPLAIN`` or ``EXTERNAL``.
     auth_mechanism: str = "PLAIN"
+    #: The heartbeat interval in seconds to ask for; 0 or ``None`` accepts the broker's.
     heartbeat: int | None = 60
+    #: The largest frame to ask for, in bytes (the broker may lower it).
     frame_max: int = 131072
+    #: The most channels to ask for (the broker may lower it).
     channel_max: int = 2047
+    #: The largest message body accepted, in octets (0: no limit).
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Seconds that connecting and the AMQP handshake may take together.
     connection_timeout: float = 10.0
+    #: The locale sent in ``connection.start-ok``.
     locale: str = "en_US"
+    #: A name the broker shows for this connection (``connection_name`` client property).
     connection_name: str | None = None
+    #: Extra client properties sent in ``connection.start-ok``.
     client_properties: Mapping[str, Any] | None = None
+    #: Connect with TLS (``amqps://``).
     tls: bool = False
+    #: CA certificates (PEM) to verify the broker with; the system's when ``None``.
     cafile: str | None = None
+    #: A client certificate (PEM) for TLS.
     certfile: str | None = None
+    #: The private key (PEM) of ``certfile``.
     keyfile: str | None = None
+    #: The name to verify the broker's certificate against; ``host`` when ``None``.
     server_hostname: str | None = None
+    #: Verify the broker's certificate (turn off only for tests).
     verify: bool = True
+    #: The AMQP dialect: ``0-9-1`` (the default) or ``0-8``.
     protocol: str = "0-9-1"
+    #: What a publish does while the broker blocks publishers: ``wait`` or ``raise``.
     flow_policy: str = "wait"
     #: A Twisted client endpoint description (``tcp:...``, ``tls:...``, ``unix:...``);
     #: when set it is used instead of host, port and the TLS options.
@@ -89,6 +117,9 @@ class ConnectionParameters:
             raise InvalidParameter(f"frame_max {self.frame_max} is outside 4096..2**32-1")
         if not 0 <= self.channel_max <= 65535:
             raise InvalidParameter(f"channel_max {self.channel_max} is outside 0..65535")
+        if not 0 <= self.max_message_size <= 2**63 - 1:
+            raise InvalidParameter(
+                f"max_message_size {self.max_message_size} is outside 0..2**63-1")
         if not self.connection_timeout > 0:
             raise InvalidParameter(
                 f"connection_timeout {self.connection_timeout} must be positive")
@@ -186,6 +217,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "heartbeat": _int("heartbeat", 0, 65535),
     "frame_max": _int("frame_max", 4096, 2**32 - 1),
     "channel_max": _int("channel_max", 0, 65535),
+    "max_message_size": _int("max_message_size", 0, 2**63 - 1),
     "connection_timeout": _float("connection_timeout"),
     "locale": _text,
     "auth_mechanism": _choice("auth_mechanism", _MECHANISMS, upper=True),

@@ -34,6 +34,7 @@ __all__ = ["AMQPClientFactory", "AMQPProtocol"]
 
 _CLOSED = ConnState.CLOSED
 
+#: The logger of the Twisted adapter (namespace ``txpika.protocol``).
 log = Logger()
 
 #: How long a close waits for the broker's close-ok before dropping the transport.
@@ -95,7 +96,9 @@ class AMQPProtocol(Protocol):
 
     def __init__(self, parameters: ConnectionParameters | None = None,
                  clock: IReactorTime | None = None) -> None:
+        #: The parameters it connects with.
         self.parameters = parameters or ConnectionParameters()
+        #: The clock heartbeats and timeouts run on (the reactor unless one was given).
         self.clock: IReactorTime = clock or _default_clock()
         self._core = core_for(self.parameters)
         self._requests = Requests(self._core.dialect)
@@ -239,6 +242,8 @@ class AMQPProtocol(Protocol):
     # -- IProtocol --------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """``IProtocol``: the transport is up; send the protocol header and start the
+        timeout on connecting and the handshake together (``connection_timeout``)."""
         link = self._link = Link(self.transport, self._outbox.pause, self._outbox.resume)
         if link.direct:  # large bodies go to the socket from their own bytes
             self._outbox.write_pieces = link.write_pieces
@@ -248,6 +253,7 @@ class AMQPProtocol(Protocol):
         self._flush()
 
     def dataReceived(self, data: bytes) -> None:
+        """``IProtocol``: feed received bytes to the core and act on its events."""
         self._core.receive_data(data)
         if self._link is not None:
             # A large message arriving: read on while reads fill what they ask.
@@ -255,6 +261,9 @@ class AMQPProtocol(Protocol):
         self._drain()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        """``IProtocol``: the transport is gone; every pending Deferred of the connection
+        and its channels fails (`txpika.errors.ConnectionLost` unless the connection was
+        closed first) and `when_closed` fires."""
         lost = reason.value if reason is not None else None
         if self._link is not None and self._link.read_error is not None:
             lost = self._link.read_error  # what reading on met first
@@ -415,10 +424,13 @@ class AMQPClientFactory(Factory):
 
     def __init__(self, parameters: ConnectionParameters | None = None,
                  clock: IReactorTime | None = None) -> None:
+        #: The parameters each protocol it builds connects with.
         self.parameters = parameters or ConnectionParameters()
+        #: The clock its protocols use (``None``: the reactor).
         self.clock = clock
 
     def buildProtocol(self, addr: Any) -> AMQPProtocol:
+        """``IProtocolFactory``: a new `AMQPProtocol` with this factory's parameters."""
         proto = AMQPProtocol(self.parameters, self.clock)
         proto.factory = self
         return proto

@@ -13,31 +13,44 @@ left unknown are published again, in order, on the next connection. A message ma
 arrive twice (hence "at least once"); consumers should be idempotent. What it holds is
 bounded by ``max_pending`` messages: past that, a publish fails at once with
 `txpika.errors.FlowControlError` rather than growing memory without limit.
+
+``observer`` (`txpika.observe.Observer`; default: the service's) hears each publish's
+outcome (confirmed, nacked, returned, unknown, failed) and its confirm latency;
+``tracing`` (`txpika.tracing.Tracing`) makes each publish an OpenTelemetry PRODUCER span
+whose context travels in the message's headers (W3C ``traceparent``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txpika.errors import (
     AMQPError,
     ChannelClosed,
+    ChannelClosedByBroker,
     ConnectionClosed,
     ConnectionRecovering,
     FlowControlError,
     OutcomeUnknownError,
     ServiceStopped,
 )
+from txpika.observe import Observer, publish_outcome
 from txpika.robust import RobustChannel
 from txpika.spec import BasicProperties
 
+if TYPE_CHECKING:
+    from txpika.tracing import Tracing
+
 __all__ = ["Publisher", "PublishingService"]
 
+#: The logger of the confirmed publisher (namespace ``txpika.publisher``).
 log = Logger()
 
 
@@ -56,14 +69,22 @@ class PublishingService(Protocol):
 
 
 class _Pending:
-    __slots__ = ("args", "deferred", "number", "sent", "tried")
+    __slots__ = ("args", "deferred", "number", "publisher", "sent", "tried")
 
-    def __init__(self, number: int, args: tuple[Any, ...]) -> None:
+    def __init__(self, publisher: Publisher, number: int, args: tuple[Any, ...]) -> None:
+        self.publisher = publisher
         self.number = number  # its place in the publisher's order
         self.args = args
         self.deferred: Deferred[None] = Deferred()
         self.sent = False  # on the wire now, awaiting the broker's answer
         self.tried = False  # was published at least once
+
+    def acked(self, _: object) -> None:
+        self.publisher._pending.pop(self.number, None)
+        self.deferred.callback(None)
+
+    def failed(self, error: BaseException) -> None:
+        self.publisher._failed(error, self)
 
 
 class Publisher:
@@ -73,11 +94,25 @@ class Publisher:
     """
 
     def __init__(self, service: PublishingService, *, at_least_once: bool = False,
-                 max_pending: int = 10000) -> None:
+                 max_pending: int = 10000, observer: Observer | None = None,
+                 tracing: Tracing | None = None, clock: IReactorTime | None = None) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        #: The `txpika.observe.Observer` told of each publish's outcome and latency, or ``None``.
+        self.observer = observer if observer is not None else getattr(
+            service, "observer", None)
+        #: The `txpika.tracing.Tracing` that makes a PRODUCER span of each publish, or ``None``.
+        self.tracing = tracing
+        self._observed = self.observer is not None or tracing is not None
+        self._clock = clock or getattr(service, "clock", None)
+        if self.observer is not None and self._clock is None:
+            raise ValueError("a Publisher with an observer needs a clock")
+        #: The `txpika.client.AMQPService` it publishes through.
         self.service = service
+        #: Hold every message until the broker acks it, publishing again after a reconnect.
         self.at_least_once = at_least_once
+        #: The most messages held at once; beyond, a publish fails with
+        #: `txpika.errors.FlowControlError`.
         self.max_pending = max_pending
         self._channel: RobustChannel | None = None
         # Held until acked (at-least-once), in publishing order (dicts keep insertion order).
@@ -104,6 +139,7 @@ class Publisher:
             self._channel = channel
             # reopened after a channel error: the service stays open, so no state change
             channel.add_reopen_listener(self._reopened)
+            self._watch()
             return channel.confirm_select().addCallback(lambda _: self)
 
         return self.service.channel().addCallback(opened)
@@ -113,6 +149,11 @@ class Publisher:
                 mandatory: bool = False) -> Deferred[None]:
         """Publish with confirms; see the module docstring for how it fires and fails."""
         args = (exchange, routing_key, body, properties, mandatory)
+        if self._observed:
+            return self._publish_observed(args)
+        return self._publish(args)
+
+    def _publish(self, args: tuple[Any, ...]) -> Deferred[None]:
         if not self.at_least_once:
             if self._channel is None:
                 return fail(ConnectionRecovering("the publisher is not started"))
@@ -120,7 +161,7 @@ class Publisher:
         if len(self._pending) >= self.max_pending:
             return fail(FlowControlError(
                 f"{len(self._pending)} messages await the broker's ack (max_pending)"))
-        pending = _Pending(next(self._numbers), args)
+        pending = _Pending(self, next(self._numbers), args)
         self._pending[pending.number] = pending
         channel = self._channel
         if self._unsent or channel is None or not channel.is_open:
@@ -131,26 +172,38 @@ class Publisher:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _publish_observed(self, args: tuple[Any, ...]) -> Deferred[None]:
+        began = self._clock.seconds() if self._clock is not None else 0.0
+        span = None
+        if self.tracing is not None:
+            exchange, routing_key, body, properties, mandatory = args
+            span, properties = self.tracing.publishing(exchange, routing_key, properties)
+            args = (exchange, routing_key, body, properties, mandatory)
+        return self._publish(args).addBoth(self._outcome, args[0], began, span)
+
+    def _outcome(self, result: Any, exchange: str, began: float, span: Any) -> Any:
+        error = result.value if isinstance(result, Failure) else None
+        if self.observer is not None and self._clock is not None:
+            self.observer.published(exchange, publish_outcome(error),
+                                    self._clock.seconds() - began)
+        if span is not None:
+            span.end(error)
+        return result
+
     def _send(self, pending: _Pending) -> None:
         assert self._channel is not None
         if pending.tried:
             self._republished += 1
         pending.sent = pending.tried = True
-        d = self._channel.basic_publish(*pending.args)
-        d.addCallbacks(self._acked, self._failed, callbackArgs=(pending,),
-                       errbackArgs=(pending,))
+        self._channel.publish_then(pending.acked, pending.failed, *pending.args)
 
-    def _acked(self, result: object, pending: _Pending) -> None:
-        self._pending.pop(pending.number, None)
-        pending.deferred.callback(None)
-
-    def _failed(self, failure: Any, pending: _Pending) -> None:
-        if _retriable(failure.value) and self.service.state != "closed":
+    def _failed(self, error: BaseException, pending: _Pending) -> None:
+        if _retriable(error) and self.service.state != "closed":
             pending.sent = False  # held: published again on the next connection
             self._unsent += 1
             return
         self._forget(pending)
-        pending.deferred.errback(failure)
+        pending.deferred.errback(error)
 
     def _forget(self, pending: _Pending) -> None:
         self._pending.pop(pending.number, None)
@@ -162,8 +215,19 @@ class Publisher:
             self._fail_held()
 
     def _reopened(self) -> None:
+        self._watch()
         if self.service.state == "open" and self.at_least_once:
             self._flush()
+
+    def _watch(self) -> None:
+        """Tell the observer when the broker closes the current channel."""
+        plain = self._channel.channel if self._channel is not None else None
+        if self.observer is not None and plain is not None:
+            plain.when_closed().addCallback(self._channel_closed)
+
+    def _channel_closed(self, error: BaseException) -> None:
+        if self.observer is not None and isinstance(error, ChannelClosedByBroker):
+            self.observer.channel_closed(error.reply_code, error.reply_text)
 
     def _fail_held(self) -> None:
         """The service stopped: what is held will never be sent; say so (what is on the

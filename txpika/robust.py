@@ -21,15 +21,22 @@ from twisted.logger import Logger
 
 from txpika import spec
 from txpika._consumer import MessageCallback
+from txpika._robust_consumer import RobustConsumer
 from txpika._topology import Topology, binding_key
-from txpika.channel import Channel, Consumer, Message
-from txpika.errors import ChannelClosedByBroker, ConsumerCancelled, UsageError
+from txpika.channel import Channel, Message
+from txpika.errors import (
+    ChannelClosedByBroker,
+    ConsumerCancelled,
+    MessageTooLarge,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from txpika.protocol import AMQPProtocol
 
 __all__ = ["ChannelHost", "RobustChannel", "RobustConsumer"]
 
+#: The logger of robust channels and consumers (namespace ``txpika.robust``).
 log = Logger()
 
 _Args = Mapping[str, Any] | None
@@ -55,164 +62,22 @@ class ChannelHost(Protocol):
         """The error for work attempted while there is no open connection."""
 
 
-class RobustConsumer:
-    """A consumer that is started again on every new connection with the same tag.
-
-    Push style (a callback) or pull style (`get`, ``async for``). Messages buffered from a
-    lost connection are dropped (the broker redelivers them). With ``on_cancel="reconsume"``
-    a consumer the broker cancels (its queue was deleted) is started again after the queue
-    is declared again from the recorded topology; with ``"end"`` (the default) it ends with
-    `txpika.errors.ConsumerCancelled`.
-    """
-
-    def __init__(self, channel: RobustChannel, queue: str,
-                 callback: MessageCallback[Message] | None, kwargs: dict[str, Any],
-                 on_cancel: str) -> None:
-        self.channel = channel
-        self.queue = queue
-        self.consumer_tag: str = kwargs["consumer_tag"]
-        self._callback = callback
-        self._kwargs = kwargs
-        self._on_cancel = on_cancel
-        self._consumer: Consumer | None = None
-        self._ended: BaseException | None = None
-        self._getters: list[Deferred[Message]] = []  # waiting for the next consumer
-        self._watchers: list[Deferred[BaseException]] = []
-        self._by_client = False
-
-    def __repr__(self) -> str:
-        return f"<RobustConsumer {self.consumer_tag!r} on {self.queue!r}>"
-
-    @property
-    def active(self) -> bool:
-        """True until cancelled (by the client, or by the broker under ``on_cancel="end"``)."""
-        return self._ended is None
-
-    async def _start(self, channel: Channel) -> None:
-        consumer = await channel.basic_consume(self.queue, self._callback, **self._kwargs)
-        self._consumer = consumer
-        consumer.when_closed().addCallback(lambda _: self._underlying_ended(consumer))
-        waiting, self._getters = self._getters, []
-        for d in waiting:
-            if not d.called:
-                self._pull(d)
-
-    def _underlying_ended(self, consumer: Consumer) -> None:
-        if consumer is not self._consumer or self._ended is not None:
-            return
-        self._consumer = None
-        reason = consumer.end_reason
-        if isinstance(reason, ConsumerCancelled) and consumer.cancelled_by_client:
-            self._end(reason, by_client=True)
-        elif isinstance(reason, ConsumerCancelled):
-            if self._on_cancel == "reconsume":
-                log.info("consumer {tag} cancelled by the broker: starting it again",
-                         tag=self.consumer_tag)
-                self.channel._reconsume(self)
-            else:
-                self._end(reason)
-        # Otherwise the channel or connection went away: the service restarts us.
-
-    def _end(self, error: BaseException, by_client: bool = False) -> None:
-        if self._ended is not None:
-            return
-        self._ended = error
-        self._by_client = by_client
-        self.channel._forget_consumer(self.consumer_tag)
-        getters, self._getters = self._getters, []
-        for d in getters:
-            if not d.called:
-                d.errback(error)
-        watchers, self._watchers = self._watchers, []
-        for watcher in watchers:
-            watcher.callback(error)
-
-    def when_closed(self) -> Deferred[BaseException]:
-        """A new Deferred that fires (never fails) with why the consumer ended for good:
-        cancelled by this client, or by the broker under ``on_cancel="end"`` (or when it
-        could not be started again)."""
-        if self._ended is not None:
-            return succeed(self._ended)
-        d: Deferred[BaseException] = Deferred()
-        self._watchers.append(d)
-        return d
-
-    def get(self) -> Deferred[Message]:
-        """The next message, waiting through reconnects. Fails with
-        `txpika.errors.ConsumerCancelled` once the consumer ended."""
-        if self._ended is not None:
-            return fail(self._ended)
-        if self.channel.host.state == "closed":
-            return fail(self.channel.host.unavailable())
-        d: Deferred[Message] = Deferred(lambda d: self._getters.remove(d)
-                                        if d in self._getters else None)
-        self._pull(d)
-        return d
-
-    def _pull(self, outer: Deferred[Message]) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            self._getters.append(outer)
-            return
-        inner = consumer.get()
-
-        def got(message: Message) -> None:
-            if not outer.called:
-                outer.callback(message)
-            elif not message.settled:  # the caller gave up meanwhile: give it back
-                message.reject(requeue=True).addErrback(lambda f: None)
-
-        def lost(failure: Any) -> None:
-            if outer.called:
-                return
-            if self._ended is not None:
-                outer.errback(self._ended)
-            elif self.channel.host.state == "closed":  # no next connection to wait for
-                outer.errback(self.channel.host.unavailable())
-            else:  # that consumer ended; the next one (after recovery) will serve
-                self._getters.append(outer)
-
-        inner.addCallbacks(got, lost)
-
-    def _fail_getters(self, error: BaseException) -> None:
-        getters, self._getters = self._getters, []
-        for d in getters:
-            if not d.called:
-                d.errback(error)
-
-    def __aiter__(self) -> RobustConsumer:
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            return await self.get()
-        except ConsumerCancelled:
-            if self._by_client:
-                raise StopAsyncIteration from None
-            raise
-
-    def cancel(self) -> Deferred[None]:
-        """Cancel the consumer for good."""
-        consumer = self._consumer
-        self._end(ConsumerCancelled(self.consumer_tag, "was cancelled by this client"),
-                  by_client=True)
-        if consumer is not None and consumer.active:
-            return consumer.cancel()
-        return succeed(None)
-
-
 class RobustChannel:
     """A channel of an `txpika.client.AMQPService` that is reopened after reconnects.
 
     It has the methods of `txpika.channel.Channel`, with the same results and errors;
-    while the service has no open connection they fail with
-    `txpika.errors.ConnectionRecovering`. Declarations are recorded in the service's
+    while the service has no open connection they fail at once with
+    `txpika.errors.ConnectionRecovering`, after the service stopped with
+    `txpika.errors.ServiceStopped`, and after `close` with `txpika.errors.UsageError`;
+    nothing is sent then. Deferreds pending when the
+    connection is lost fail as a plain channel's do. Declarations are recorded in the service's
     topology (deletes and unbinds forget them); ``basic_qos``, ``confirm_select`` and
     consumers are recorded on this channel and restored when it is reopened.
     """
 
     def __init__(self, host: ChannelHost,
                  on_close: Callable[[RobustChannel], object] | None = None) -> None:
+        #: The service whose connections it is reopened on.
         self.host = host
         self._on_close = on_close
         self._channel: Channel | None = None
@@ -273,20 +138,28 @@ class RobustChannel:
         if channel is not self._channel or self._closed:
             return
         self._channel = None
-        if not isinstance(error, ChannelClosedByBroker) or not protocol.is_open:
+        too_large = isinstance(error, MessageTooLarge)
+        if not (too_large or isinstance(error, ChannelClosedByBroker)) or not protocol.is_open:
             return
-        log.warn("channel closed by the broker ({error}); reopening", error=error)
+        if too_large:  # the broker requeued it: keep backing off while it comes back
+            log.warn("{error}: reopening the channel in {delay} s", error=error,
+                     delay=max(0.1, self._reopen_delay))
+        else:
+            log.warn("channel closed by the broker ({error}); reopening", error=error)
 
         def schedule() -> None:
             delay = self._reopen_delay
             self._reopen_delay = min(30.0, max(0.1, delay * 2))
-            self.host.clock.callLater(delay, reopen)
+            self.host.clock.callLater(max(delay, 0.1) if too_large else delay, reopen)
 
         def reopen() -> None:
             if self._closed or self._channel is not None or not protocol.is_open:
                 return
-            self.attach(protocol).addCallbacks(
-                lambda _: setattr(self, "_reopen_delay", 0.0), failed)
+            self.attach(protocol).addCallbacks(reopened, failed)
+
+        def reopened(_: object) -> None:
+            if not too_large:  # a message that came back too large keeps the backoff
+                self._reopen_delay = 0.0
 
         def failed(failure: Any) -> None:
             log.warn("could not reopen the channel: {error}", error=failure.value)
@@ -512,6 +385,21 @@ class RobustChannel:
                                                          properties, mandatory, timeout))
         return channel.basic_publish(exchange, routing_key, body, properties, mandatory,
                                      timeout)
+
+    def publish_then(self, resolve: Callable[[None], object],
+                     reject: Callable[[BaseException], object], exchange: str,
+                     routing_key: str, body: bytes,
+                     properties: spec.BasicProperties | None = None,
+                     mandatory: bool = False) -> None:
+        """As `Channel.publish_then`; ``reject`` gets `ConnectionRecovering` while there is
+        no connection."""
+        channel = self._channel
+        if channel is None or self._closed or not channel.is_open:
+            self.basic_publish(exchange, routing_key, body, properties, mandatory).addCallbacks(
+                resolve, lambda failure: reject(failure.value))
+            return
+        channel.publish_then(resolve, reject, exchange, routing_key, body, properties,
+                             mandatory)
 
     def basic_get(self, queue: str, auto_ack: bool = False,
                   timeout: float | None = None) -> Deferred[Message | None]:

@@ -46,6 +46,7 @@ class Message(MessageBase):
 
     __slots__ = ()
 
+    #: The channel it came on; ``None`` for a message built by hand.
     channel: BlockingChannel | None
 
     def ack(self, multiple: bool = False) -> None:
@@ -102,9 +103,13 @@ class BlockingConsumer:
 
     def __init__(self, channel: BlockingChannel, consumer_tag: str, queue: str,
                  callback: Callable[[Message], object] | None, auto_ack: bool) -> None:
+        #: The channel the consumer was started on.
         self.channel = channel
+        #: Its consumer tag.
         self.consumer_tag = consumer_tag
+        #: The queue it consumes.
         self.queue = queue
+        #: Whether the broker considers its messages acknowledged on delivery.
         self.auto_ack = auto_ack
         self._callback = callback
         self._buffer: deque[Message] = deque()
@@ -191,13 +196,23 @@ class _Confirm:
 
 
 class BlockingChannel:
-    """One channel: the methods of `txpika.channel.Channel`, returning results directly."""
+    """One channel: the methods of `txpika.channel.Channel`, returning results directly.
+
+    Each method returns what the Twisted channel's Deferred fires with and raises what it
+    fails with: the failures each method names and, for any of them, the
+    `txpika.errors.ChannelClosed` or `txpika.errors.ConnectionClosed` that ended the channel,
+    the builtin ``TimeoutError`` when ``timeout`` (seconds) passes (a late reply is dropped,
+    so the channel stays consistent), and `txpika.errors.UsageError` for a call that cannot
+    be sent. Thread-safe: see `txpika.blocking`.
+    """
 
     def __init__(self, connection: BlockingConnection, book: ChannelBook,
                  requests: Requests) -> None:
+        #: The connection it belongs to.
         self.connection = connection
         self._book = book
         self._req = requests
+        #: The channel's number on its connection.
         self.channel_number = book.number
 
     def __repr__(self) -> str:
@@ -237,27 +252,27 @@ class BlockingChannel:
                          auto_delete: bool = False, internal: bool = False,
                          arguments: _Args = None,
                          timeout: float | None = None) -> spec.Exchange.DeclareOk:
-        """Declare an exchange; returns ``Exchange.DeclareOk``."""
+        """Declare an exchange; returns `spec.Exchange.DeclareOk`."""
         return self._call(self._req.exchange_declare(
             exchange, exchange_type, passive, durable, auto_delete, internal, arguments),
             timeout)
 
     def exchange_delete(self, exchange: str, if_unused: bool = False,
                         timeout: float | None = None) -> spec.Exchange.DeleteOk:
-        """Delete an exchange; returns ``Exchange.DeleteOk``."""
+        """Delete an exchange; returns `spec.Exchange.DeleteOk`."""
         return self._call(self._req.exchange_delete(exchange, if_unused), timeout)
 
     def exchange_bind(self, destination: str, source: str, routing_key: str = "",
                       arguments: _Args = None,
                       timeout: float | None = None) -> spec.Exchange.BindOk:
-        """Bind two exchanges (0-9-1 only); returns ``Exchange.BindOk``."""
+        """Bind two exchanges (0-9-1 only); returns `spec.Exchange.BindOk`."""
         return self._call(self._req.exchange_bind(destination, source, routing_key,
                                                   arguments), timeout)
 
     def exchange_unbind(self, destination: str, source: str, routing_key: str = "",
                         arguments: _Args = None,
                         timeout: float | None = None) -> spec.Exchange.UnbindOk:
-        """Remove an exchange binding; returns ``Exchange.UnbindOk``."""
+        """Remove an exchange binding; returns `spec.Exchange.UnbindOk`."""
         return self._call(self._req.exchange_unbind(destination, source, routing_key,
                                                     arguments), timeout)
 
@@ -265,62 +280,62 @@ class BlockingChannel:
                       exclusive: bool | None = None, auto_delete: bool | None = None,
                       arguments: _Args = None,
                       timeout: float | None = None) -> spec.Queue.DeclareOk:
-        """Declare a queue; returns ``Queue.DeclareOk``. A server-named queue defaults to
+        """Declare a queue; returns `spec.Queue.DeclareOk`. A server-named queue defaults to
         exclusive and auto-delete."""
         return self._call(self._req.queue_declare(queue, passive, durable, exclusive,
                                                   auto_delete, arguments), timeout)
 
     def queue_bind(self, queue: str, exchange: str, routing_key: str = "",
                    arguments: _Args = None, timeout: float | None = None) -> spec.Queue.BindOk:
-        """Bind a queue; returns ``Queue.BindOk``."""
+        """Bind a queue; returns `spec.Queue.BindOk`."""
         return self._call(self._req.queue_bind(queue, exchange, routing_key, arguments),
                           timeout)
 
     def queue_unbind(self, queue: str, exchange: str, routing_key: str = "",
                      arguments: _Args = None,
                      timeout: float | None = None) -> spec.Queue.UnbindOk:
-        """Remove a queue binding; returns ``Queue.UnbindOk``."""
+        """Remove a queue binding; returns `spec.Queue.UnbindOk`."""
         return self._call(self._req.queue_unbind(queue, exchange, routing_key, arguments),
                           timeout)
 
     def queue_purge(self, queue: str, timeout: float | None = None) -> spec.Queue.PurgeOk:
-        """Purge a queue; returns ``Queue.PurgeOk``."""
+        """Purge a queue; returns `spec.Queue.PurgeOk`."""
         return self._call(self._req.queue_purge(queue), timeout)
 
     def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False,
                      timeout: float | None = None) -> spec.Queue.DeleteOk:
-        """Delete a queue; returns ``Queue.DeleteOk``."""
+        """Delete a queue; returns `spec.Queue.DeleteOk`."""
         return self._call(self._req.queue_delete(queue, if_unused, if_empty), timeout)
 
     def basic_qos(self, prefetch_count: int = 0, prefetch_size: int = 0,
                   global_qos: bool = False, timeout: float | None = None) -> spec.Basic.QosOk:
-        """Set the prefetch; returns ``Basic.QosOk``."""
+        """Set the prefetch; returns `spec.Basic.QosOk`."""
         return self._call(self._req.basic_qos(prefetch_count, prefetch_size, global_qos),
                           timeout)
 
     def basic_recover(self, requeue: bool = True,
                       timeout: float | None = None) -> spec.Basic.RecoverOk:
-        """Redeliver unacked messages; returns ``Basic.RecoverOk``."""
+        """Redeliver unacked messages; returns `spec.Basic.RecoverOk`."""
         return self._call(self._req.basic_recover(requeue), timeout)
 
     def confirm_select(self, timeout: float | None = None) -> spec.Confirm.SelectOk:
-        """Turn on publisher confirms; returns ``Confirm.SelectOk`` (0-9-1 only)."""
+        """Turn on publisher confirms; returns `spec.Confirm.SelectOk` (0-9-1 only)."""
         return self._call(self._req.confirm_select(), timeout)
 
     def tx_select(self, timeout: float | None = None) -> spec.Tx.SelectOk:
-        """Start transactions; returns ``Tx.SelectOk``."""
+        """Start transactions; returns `spec.Tx.SelectOk`."""
         return self._call(self._req.tx_select(), timeout)
 
     def tx_commit(self, timeout: float | None = None) -> spec.Tx.CommitOk:
-        """Commit; returns ``Tx.CommitOk``."""
+        """Commit; returns `spec.Tx.CommitOk`."""
         return self._call(self._req.tx_commit(), timeout)
 
     def tx_rollback(self, timeout: float | None = None) -> spec.Tx.RollbackOk:
-        """Roll back; returns ``Tx.RollbackOk``."""
+        """Roll back; returns `spec.Tx.RollbackOk`."""
         return self._call(self._req.tx_rollback(), timeout)
 
     def flow(self, active: bool, timeout: float | None = None) -> spec.Channel.FlowOk:
-        """Ask the broker to pause or resume deliveries; returns ``Channel.FlowOk``."""
+        """Ask the broker to pause or resume deliveries; returns `spec.Channel.FlowOk`."""
         return self._call(self._req.flow(active), timeout)
 
     # -- consuming ---------------------------------------------------------------------------
@@ -387,7 +402,7 @@ class BlockingChannel:
 
     def basic_cancel(self, consumer_tag: str,
                      timeout: float | None = None) -> spec.Basic.CancelOk:
-        """Cancel a consumer; returns ``Basic.CancelOk``."""
+        """Cancel a consumer; returns `spec.Basic.CancelOk`."""
         conn = self.connection
         reply = _Reply()
         with conn._lock:

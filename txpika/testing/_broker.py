@@ -60,7 +60,10 @@ class MemoryBroker:
                  users: Mapping[str, str] | None = None, vhosts: Iterable[str] = ("/",),
                  heartbeat: int = 60, frame_max: int = 131072, channel_max: int = 2047,
                  autoflush: bool = False) -> None:
+        #: The broker's time (a ``task.Clock`` unless one was given); `MemoryBroker.advance` moves
+        #: it.
         self.clock: IReactorTime = clock if clock is not None else Clock()
+        #: The sans-IO broker behind it (`txpika.testing.BrokerCore`).
         self.core = BrokerCore(self.clock, users if users is not None else {"guest": "guest"},
                                list(vhosts), channel_max=channel_max, frame_max=frame_max,
                                heartbeat=heartbeat)
@@ -68,6 +71,7 @@ class MemoryBroker:
         self._reactor: MemoryReactor | None = None
         #: While False, connections through `reactor` are refused (ConnectionRefusedError).
         self.accepting = True
+        #: Whether it flushes by itself on the reactor's next turn.
         self.autoflush = autoflush
         self._flush_call: Any = None
         self._tcp: list[_ServerProtocol] = []

@@ -33,15 +33,23 @@ class BrokerCore:
     def __init__(self, clock: Clock, users: Mapping[str, str], vhosts: Collection[str],
                  channel_max: int = 2047, frame_max: int = 131072,
                  heartbeat: int = 60) -> None:
+        #: The clock timers run on (message TTLs, ``x-expires``, heartbeats).
         self.clock = clock
+        #: User name -> password.
         self.users = dict(users)
+        #: Virtual host name -> `txpika.testing.VirtualHost`.
         self.vhosts = {name: VirtualHost(name, clock) for name in vhosts}
+        #: The most channels offered in ``connection.tune``.
         self.channel_max = channel_max
+        #: The largest frame offered in ``connection.tune``.
         self.frame_max = frame_max
+        #: The heartbeat interval offered in ``connection.tune`` (0: none).
         self.heartbeat = heartbeat
+        #: The connections open now.
         self.connections: list[ServerConnection] = []
         #: The reason while publishers are blocked (a resource alarm), else None.
         self.blocked: str | None = None
+        #: The ``server-properties`` sent in ``connection.start`` (RabbitMQ's capabilities).
         self.server_properties: dict[str, Any] = {
             "product": "txpika MemoryBroker",
             "version": txpika.__version__,

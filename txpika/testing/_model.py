@@ -101,10 +101,13 @@ class Clock(Protocol):
 class BrokerMessage:
     """A message as the broker holds it: what a consumer would receive."""
 
+    #: The body.
     body: bytes
+    #: The properties.
     properties: BasicProperties = field(default_factory=BasicProperties)
     #: The exchange it was published to (or dead-lettered through) and its routing key.
     exchange: str = ""
+    #: The routing key it was published with.
     routing_key: str = ""
     #: True once it was delivered and put back (requeued or recovered).
     redelivered: bool = False

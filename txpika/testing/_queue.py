@@ -55,17 +55,24 @@ class Queue:
 
     def __init__(self, vhost: QueueHost, name: str, *, durable: bool, auto_delete: bool,
                  owner: object | None, arguments: Mapping[str, Any]) -> None:
+        #: The virtual host it lives in.
         self.vhost = vhost
+        #: Its name.
         self.name = name
+        #: Declared durable.
         self.durable = durable
+        #: Deleted when its last consumer goes.
         self.auto_delete = auto_delete
         #: The server connection of an exclusive queue, else None.
         self.owner = owner
+        #: The ``x-`` arguments it was declared with.
         self.arguments: dict[str, Any] = dict(arguments)
+        #: The messages waiting to be delivered, head first.
         self.ready: list[Entry] = []
         self._consumers: list[QueueConsumer] = []
         #: Delivered and not yet acked: entry -> consumer tag (None for basic.get).
         self.outstanding: dict[Entry, str | None] = {}
+        #: True once deleted (a test may still hold it).
         self.deleted = False
         self._seq = 0
         self._next = 0  # round-robin position among consumers
@@ -74,12 +81,19 @@ class Queue:
         self._expiry_call: DelayedCall | None = None
         self._unused_call: DelayedCall | None = None
         args = self.arguments
+        #: ``x-message-ttl`` in milliseconds, or ``None``.
         self.message_ttl: int | None = args.get("x-message-ttl")
+        #: ``x-max-length``, or ``None``.
         self.max_length: int | None = args.get("x-max-length")
+        #: ``x-max-length-bytes``, or ``None``.
         self.max_length_bytes: int | None = args.get("x-max-length-bytes")
+        #: ``x-overflow``: ``drop-head``, ``reject-publish`` or ``reject-publish-dlx``.
         self.overflow: str = args.get("x-overflow", "drop-head")
+        #: ``x-dead-letter-exchange``, or ``None``.
         self.dead_letter_exchange: str | None = args.get("x-dead-letter-exchange")
+        #: ``x-dead-letter-routing-key``, or ``None``.
         self.dead_letter_routing_key: str | None = args.get("x-dead-letter-routing-key")
+        #: ``x-expires`` in milliseconds, or ``None``.
         self.expires: int | None = args.get("x-expires")
         self.touch()
 

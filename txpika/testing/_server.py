@@ -103,13 +103,21 @@ class ServerConnection:
     """The broker's side of one connection."""
 
     def __init__(self, core: ConnectionHost) -> None:
+        #: The broker it serves.
         self.core = core
+        #: Where the connection is in the handshake.
         self.state = State.HEADER
+        #: The virtual host it opened (the first one until ``connection.open``).
         self.vhost: VirtualHost = next(iter(core.vhosts.values()))
+        #: The user it logged in as (``""`` before).
         self.user = ""
+        #: The client's properties from ``connection.start-ok``.
         self.client_properties: dict[str, Any] = {}
+        #: Its open channels by number.
         self.channels: dict[int, ServerChannel] = {}
+        #: The negotiated largest frame.
         self.frame_max = core.frame_max
+        #: The negotiated heartbeat interval in seconds (0: none).
         self.heartbeat = 0
         #: True once the transport should close (after writing what is left).
         self.wants_close = False

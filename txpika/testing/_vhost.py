@@ -53,11 +53,15 @@ _NOT_FOUND = errors.NOT_FOUND
 class Binding:
     """A binding from the exchange ``source`` to a queue or an exchange."""
 
+    #: The exchange the binding routes from.
     source: str
+    #: The queue or exchange it routes to.
     destination: str
     #: ``"queue"`` or ``"exchange"``.
     destination_type: str
+    #: The binding key.
     routing_key: str = ""
+    #: The binding's arguments (for headers exchanges: ``x-match`` and the headers).
     arguments: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -65,12 +69,19 @@ class Binding:
 class Exchange:
     """An exchange; ``bindings`` are those it routes along (it is their source)."""
 
+    #: Its name (``""`` for the default exchange).
     name: str
+    #: ``direct``, ``fanout``, ``topic`` or ``headers``.
     type: str
+    #: Declared durable.
     durable: bool = False
+    #: Deleted when its last binding goes.
     auto_delete: bool = False
+    #: Internal: clients may not publish to it.
     internal: bool = False
+    #: The arguments it was declared with (``alternate-exchange``...).
     arguments: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Its bindings, in the order they were made.
     bindings: list[Binding] = dataclasses.field(default_factory=list)
 
     def matches(self, binding: Binding, keys: tuple[str, ...],
@@ -89,12 +100,16 @@ class VirtualHost:
     """One virtual host's entities. ``clock`` gives time to TTLs and ``x-death``."""
 
     def __init__(self, name: str, clock: Clock) -> None:
+        #: Its name.
         self.name = name
+        #: The clock its timers run on.
         self.clock = clock
+        #: Exchange name -> `txpika.testing.Exchange` (the ``amq.*`` ones included).
         self.exchanges: dict[str, Exchange] = {
             name: Exchange(name, kind, durable=True, internal=internal)
             for name, (kind, internal) in SYSTEM_EXCHANGES.items()
         }
+        #: Queue name -> `txpika.testing.Queue`.
         self.queues: dict[str, Queue] = {}
 
     def now(self) -> float:

@@ -1,0 +1,1 @@
+``txpika.testing.MemoryBroker``: an in-memory AMQP 0-9-1 broker for your own tests, through ``connect()``/``flush()`` (no socket, no reactor) or ``listen()`` on a loopback port, held to RabbitMQ's behaviour by differential tests.

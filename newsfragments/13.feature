@@ -1,0 +1,1 @@
+Operating the consumer daemon: an observer interface (``txpika.observe``), Prometheus metrics (``txpika[metrics]``), OpenTelemetry tracing (``txpika[otel]``), ``twistd txpika --health ENDPOINT`` with ``/live``, ``/ready`` and ``/metrics``, a clear warning when RabbitMQ's ``consumer_timeout`` closes the channel, and ``--queue-argument`` for quorum and other queue types.

@@ -1,0 +1,1 @@
+``max_message_size`` (a ``ConnectionParameters`` field and URL option; default 128 MiB, 0 for no limit) bounds inbound messages: a bigger delivery, ``basic.get`` reply or return closes its channel with 311 before the body is buffered, so the broker requeues it, and fails the channel's calls and consumers with ``txpika.MessageTooLarge``, in every adapter.

@@ -1,0 +1,1 @@
+txpika builds as an sdist and a wheel (``python -m build``) whose metadata says which Python and Twisted releases it supports; the wheel installs the ``twistd txpika`` plugin without shipping a ``twisted/plugins/__init__.py``.
