@@ -159,3 +159,43 @@ def _later(seconds: float) -> Any:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+def test_asyncio_consumer_and_get_fail_typed_and_lose_nothing(broker_url: str) -> None:
+    """The same through `txpika.aio`, on the default event loop."""
+    import asyncio
+
+    from txpika import aio
+
+    queue = unique("big")
+    _fill(broker_url, queue)
+
+    async def main() -> int:
+        async with await aio.connect(broker_url, max_message_size=LIMIT) as conn:
+            ch = await conn.channel()
+            await ch.basic_qos(prefetch_count=1)
+            consumer = await ch.basic_consume(queue)
+            first = await consumer.get(timeout=T)
+            assert first.body == b"small-1"
+            first.ack()
+            with pytest.raises(MessageTooLarge) as raised:
+                await consumer.get(timeout=T)
+            _check(raised.value)
+            assert not ch.is_open and conn.is_open
+            other = await conn.channel()
+            with pytest.raises(MessageTooLarge) as raised:
+                await other.basic_get(queue, timeout=T)
+            _check(raised.value)
+            third = await conn.channel()
+            ok = await third.queue_declare(queue, passive=True, timeout=T)
+            return ok.message_count
+
+    tracemalloc.start()
+    try:
+        count = asyncio.run(asyncio.wait_for(main(), 30))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 2
+    assert peak < BIG // 2, peak
+    assert _drop(broker_url, queue) == 2

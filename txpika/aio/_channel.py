@@ -41,6 +41,7 @@ class Message(MessageBase):
 
     __slots__ = ()
 
+    #: The channel it came on (``None`` for a returned message).
     channel: Channel | None
 
     def ack(self, multiple: bool = False) -> asyncio.Future[None]:
@@ -62,6 +63,7 @@ class Message(MessageBase):
 class Consumer(ConsumerBase[Message]):
     """A consumer on a queue; see `txpika.aio._consumer.ConsumerBase`."""
 
+    #: The channel it consumes on.
     channel: Channel
 
 
@@ -77,10 +79,12 @@ class Channel:
     """
 
     def __init__(self, connection: Port, book: ChannelBook, requests: Requests) -> None:
+        #: The connection the channel belongs to.
         self.connection = connection
         self._book = book
         self._req = requests
         self._loop = connection.loop
+        #: The AMQP channel number.
         self.channel_number = book.number
 
     def __repr__(self) -> str:

@@ -51,7 +51,9 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, parameters: ConnectionParameters, loop: asyncio.AbstractEventLoop
                  ) -> None:
+        #: The `txpika.ConnectionParameters` it was opened with.
         self.parameters = parameters
+        #: The event loop it runs on.
         self.loop = loop
         self._core = core = core_for(parameters)
         self._requests = Requests(core.dialect)
@@ -64,6 +66,8 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._ready: asyncio.Future[None] = loop.create_future()
         self._gone: asyncio.Future[BaseException] = loop.create_future()
+        #: An already completed future, what calls that finish at once return (awaiting
+        #: it costs nothing; it cannot be cancelled).
         self.done: asyncio.Future[None] = loop.create_future()
         self.done.set_result(None)  # what calls done at once return: awaiting it is free
         self._error: BaseException | None = None
