@@ -32,12 +32,14 @@ fi
 
 # Behaviour that depends on the Twisted release, not on txpika (each is said in the guides):
 # - twistd exits with status 1 on a bad command line only from Twisted 26.10 on (before, it
-#   prints the usage error and exits 0): tests/test_twistd.py checks that status;
+#   prints the usage error and exits 0): tests/test_twistd.py and tests/test_health.py
+#   check that status;
 # - Twisted's optionsForClientTLS has type annotations only from 26.x on, so mypy --strict
 #   of user code that reaches it differs: tests/test_typing.py.
 deselect=()
 if "$VPY" -c 'import sys, twisted; from incremental import Version; v = twisted.version; sys.exit(not ((v.major, v.minor) < (26, 10)))' 2>/dev/null; then
     deselect+=(--deselect "tests/test_twistd.py::test_bad_command_line_exits_at_once_without_connecting")
+    deselect+=(--deselect "tests/test_health.py::test_a_bad_health_endpoint_is_refused_before_connecting")
     deselect+=(--deselect "tests/test_typing.py::test_user_code_sees_typed_results")
 fi
 
