@@ -101,3 +101,28 @@ def blocking_style() -> None:
                 assert_type(message.channel, blocking.BlockingChannel | None)
                 message.ack()
             break
+
+
+async def asyncio_style() -> None:
+    from txpika import aio
+
+    async with await aio.connect("amqp://guest:guest@localhost/%2F") as conn:
+        assert_type(conn, aio.Connection)
+        ch = await conn.channel()
+        assert_type(ch, aio.Channel)
+        ok = await ch.queue_declare("q", durable=True)
+        assert_type(ok, spec.Queue.DeclareOk)
+        assert_type(ok.message_count, int)
+        assert_type(await ch.queue_purge("q"), spec.Queue.PurgeOk)
+        assert_type(await ch.basic_qos(prefetch_count=10), spec.Basic.QosOk)
+        assert_type(await ch.confirm_select(), spec.Confirm.SelectOk)
+        assert_type(await ch.basic_publish("", "q", b"x"), None)
+        got = await ch.basic_get("q")
+        assert_type(got, aio.Message | None)
+        consumer = await ch.basic_consume("q")
+        assert_type(consumer, aio.Consumer)
+        message = await consumer.get()
+        assert_type(message, aio.Message)
+        assert_type(message.body, bytes)
+        assert_type(await message.ack(), None)
+        assert_type(await ch.basic_cancel(consumer.consumer_tag), spec.Basic.CancelOk)
