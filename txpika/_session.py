@@ -22,7 +22,7 @@ from txpika._specbase import Dialect
 from txpika.connection import NEED_DATA, Connection
 from txpika.parameters import ConnectionParameters
 
-__all__ = ["Session", "core_for", "dialect_for"]
+__all__ = ["CoreFacts", "Session", "core_for", "dialect_for"]
 
 Owner = TypeVar("Owner")
 
@@ -44,6 +44,38 @@ def core_for(parameters: ConnectionParameters) -> Connection:
         virtual_host=p.virtual_host, channel_max=p.channel_max, frame_max=p.frame_max,
         heartbeat=p.heartbeat, locale=p.locale, client_properties=p.client_properties,
         connection_name=p.connection_name, max_message_size=p.max_message_size)
+
+
+class CoreFacts:
+    """What every adapter's connection tells about itself, read from its sans-IO core
+    (``_core``, set by the adapter)."""
+
+    _core: Connection
+
+    @property
+    def is_open(self) -> bool:
+        """True while the connection is open and not closing."""
+        return self._core.is_open
+
+    @property
+    def is_blocked(self) -> bool:
+        """True while the broker blocks publishers (``connection.blocked``)."""
+        return self._core.blocked
+
+    @property
+    def blocked_reason(self) -> str:
+        """The broker's reason for the current block, or ``""``."""
+        return self._core.blocked_reason
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """What the broker said about itself in ``connection.start``."""
+        return dict(self._core.server_properties)
+
+    @property
+    def dialect(self) -> str:
+        """``"0-9-1"`` or ``"0-8"``."""
+        return self._core.dialect.name
 
 
 def _ignore(*args: object) -> None:

@@ -23,7 +23,7 @@ from txpika import events as ev
 from txpika._delivery import MessageBase
 from txpika._outbox import MAX_BATCHED_CHUNKS, Outbox
 from txpika._requests import Requests
-from txpika._session import Session, core_for
+from txpika._session import CoreFacts, Session, core_for
 from txpika._transport import HIGH_WATER, Link
 from txpika.channel import Channel, Message
 from txpika.connection import ConnState
@@ -83,7 +83,7 @@ class _Port:
             protocol._link.resume_reading(who)
 
 
-class AMQPProtocol(Protocol):
+class AMQPProtocol(CoreFacts, Protocol):
     """One AMQP connection over a Twisted transport.
 
     ``ready`` fires with the protocol after ``connection.open-ok``, or fails with why the
@@ -151,31 +151,6 @@ class AMQPProtocol(Protocol):
         d: Deferred[BaseException] = Deferred()
         self._closed_waiters.append(d)
         return d
-
-    @property
-    def is_open(self) -> bool:
-        """True while the connection is open and not closing."""
-        return self._core.is_open
-
-    @property
-    def is_blocked(self) -> bool:
-        """True while the broker blocks publishers (``connection.blocked``)."""
-        return self._core.blocked
-
-    @property
-    def blocked_reason(self) -> str:
-        """The broker's reason for the current block, or ``""``."""
-        return self._core.blocked_reason
-
-    @property
-    def server_properties(self) -> dict[str, Any]:
-        """What the broker said about itself in ``connection.start``."""
-        return dict(self._core.server_properties)
-
-    @property
-    def dialect(self) -> str:
-        """``"0-9-1"`` or ``"0-8"``."""
-        return self._core.dialect.name
 
     @property
     def reading_paused(self) -> bool:

@@ -19,7 +19,7 @@ from txpika import events as ev
 from txpika._delivery import MessageBase
 from txpika._outbox import MAX_BATCHED_CHUNKS, Outbox
 from txpika._requests import Requests
-from txpika._session import Session, core_for
+from txpika._session import CoreFacts, Session, core_for
 from txpika.aio._channel import Channel, Message
 from txpika.aio._log import log
 from txpika.connection import ConnState
@@ -43,7 +43,7 @@ def _settle(future: asyncio.Future[Any], value: Any = None,
             future.set_exception(error)
 
 
-class Connection(asyncio.Protocol):
+class Connection(CoreFacts, asyncio.Protocol):
     """One AMQP connection over an asyncio transport; get it from `txpika.aio.connect`.
 
     ``async with`` closes it. Not thread-safe: use it from its event loop.
@@ -92,31 +92,6 @@ class Connection(asyncio.Protocol):
         await self.close()
 
     # -- public -------------------------------------------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        """True while the connection is open and not closing."""
-        return self._core.is_open
-
-    @property
-    def is_blocked(self) -> bool:
-        """True while the broker blocks publishers (``connection.blocked``)."""
-        return self._core.blocked
-
-    @property
-    def blocked_reason(self) -> str:
-        """The broker's reason for the current block, or ``""``."""
-        return self._core.blocked_reason
-
-    @property
-    def server_properties(self) -> dict[str, Any]:
-        """What the broker said about itself in ``connection.start``."""
-        return dict(self._core.server_properties)
-
-    @property
-    def dialect(self) -> str:
-        """``"0-9-1"`` or ``"0-8"``."""
-        return self._core.dialect.name
 
     @property
     def reading_paused(self) -> bool:

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, Self
 
 from txpika._requests import Requests
-from txpika._session import Session, core_for
+from txpika._session import CoreFacts, Session, core_for
 from txpika.blocking._io import SocketLoop
 from txpika.blocking._log import log
 from txpika.connection import ConnState
@@ -24,7 +24,7 @@ from txpika.parameters import ConnectionParameters
 __all__ = ["ConnectionBase"]
 
 
-class ConnectionBase(SocketLoop):
+class ConnectionBase(CoreFacts, SocketLoop):
     """An AMQP connection over a plain (or TLS) socket; see `txpika.blocking`.
 
     Opened by the constructor (or `txpika.blocking.connect`): it returns once
@@ -77,21 +77,6 @@ class ConnectionBase(SocketLoop):
         self._error = error
 
     # -- public -------------------------------------------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        """True while the connection is open."""
-        return self._core.is_open
-
-    @property
-    def is_blocked(self) -> bool:
-        """True while the broker blocks publishers."""
-        return self._core.blocked
-
-    @property
-    def server_properties(self) -> dict[str, Any]:
-        """What the broker said about itself."""
-        return dict(self._core.server_properties)
 
     def process_data_events(self, time_limit: float = 0) -> None:
         """Service the connection for up to ``time_limit`` seconds: read what arrived,
