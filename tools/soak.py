@@ -207,7 +207,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cycles", type=int, default=100)
     parser.add_argument("--rate", type=int, default=500, help="messages a second")
     parser.add_argument("--duration", type=float, default=600.0, help="chaos seconds")
-    parser.add_argument("--seed", type=int, default=None, help="chaos seed (default: 1 with --quick, else the time)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="chaos seed (default: 1 with --quick, else the time)")
     parser.add_argument("--messages", type=int, default=1_000_000, help="memory mode")
     parser.add_argument("--csv", type=Path, default=Path("soak-memory.csv"))
     parser.add_argument("--png", type=Path, default=None, help="plot (needs matplotlib)")
