@@ -36,6 +36,9 @@ T = TypeVar("T")
 _Args = Mapping[str, Any] | None
 
 
+#: What `Channel._queue` returns for a publish held while the transport pushes back.
+_HELD = -1
+
 class Message(DeferredSettling):
     """A message the broker delivered (``basic.deliver``), fetched (``basic.get-ok``) or
     returned (``basic.return``); see `txpika.message.DeferredSettling` for ``ack``,
@@ -317,20 +320,17 @@ class Channel:
             d = self.basic_publish(exchange, routing_key, body, properties, mandatory)
             d.addCallbacks(resolve, lambda failure: reject(failure.value))
             return
-        outbox = self._port.outbox
-        hold = outbox.before_publish()
         try:
-            tag = book.publish(exchange, routing_key, body, properties, mandatory)
+            tag = self._queue(exchange, routing_key, body, properties, mandatory)
         except Exception as exc:
             reject(exc)
             return
-        if tag:
+        if tag > 0:
             book.expect_confirm(tag, resolve, reject)
-            outbox.flush()
-        elif hold:
-            outbox.hold_publish(resolve, reject)
+            self._port.outbox.flush()
+        elif tag == _HELD:
+            self._port.outbox.hold_publish(resolve, reject)
         else:
-            outbox.flush()
             resolve(None)
 
     def basic_get(self, queue: str, auto_ack: bool = False,
@@ -425,29 +425,42 @@ class Channel:
     def _publish(self, exchange: str, routing_key: str, body: bytes,
                  properties: Properties | None, mandatory: bool,
                  waiter: Deferred[None] | None, drop: _Drop | None) -> Deferred[None]:
-        outbox = self._port.outbox
-        # While the transport pushes back, the publish is held as one unit.
-        hold = outbox.before_publish()
         try:
-            tag = self._book.publish(exchange, routing_key, body, properties, mandatory)
+            tag = self._queue(exchange, routing_key, body, properties, mandatory)
         except Exception as exc:
             if waiter is not None:
                 waiter.errback(exc)
                 return waiter
             return fail(exc)
-        if tag:
+        if tag > 0:
             d: Deferred[None] = waiter or Deferred()
             self._book.expect_confirm(tag, d.callback, d.errback)
-            outbox.flush()
+            self._port.outbox.flush()
             return d
-        if hold:
+        if tag == _HELD:
             if waiter is None or drop is None:
                 drop = _Drop()
                 waiter = Deferred(drop)
-            drop.unsent = outbox.hold_publish(waiter.callback, waiter.errback)
+            drop.unsent = self._port.outbox.hold_publish(waiter.callback, waiter.errback)
             return waiter
-        outbox.flush()  # accepted: it fires now (the write may wait for the end of a batch)
-        if waiter is not None:
+        if waiter is not None:  # accepted: it fires now
             waiter.callback(None)
             return waiter
         return succeed(None)
+
+    def _queue(self, exchange: str, routing_key: str, body: bytes,
+               properties: Properties | None, mandatory: bool) -> int:
+        """Queue a publish in the core (raising what the channel book raises). Returns its
+        confirm tag in confirm mode (the caller records it, then flushes); `_HELD` while
+        the transport pushes back (the caller holds the publish as one unit,
+        `Outbox.hold_publish`); else 0, flushed (the write may wait for the end of a
+        batch)."""
+        outbox = self._port.outbox
+        hold = outbox.before_publish()
+        tag = self._book.publish(exchange, routing_key, body, properties, mandatory)
+        if tag:
+            return tag
+        if hold:
+            return _HELD
+        outbox.flush()
+        return 0
