@@ -106,8 +106,10 @@ async def test_consumer_service_loses_nothing_when_the_network_drops(
         for i in range(5):
             broker.publish("amq.direct", "jobs", b"", BasicProperties(message_id=f"m{i}"))
         broker.publish("", "jobs", b"", BasicProperties(message_id="slow"))
-        await until(lambda: len(handled) == 5 and broker.queue("jobs").unacked,
-                    "five handled, one in flight")
+        # (the five acks are written before the broker has read them: wait for them too)
+        await until(lambda: len(handled) == 5 and [
+            m.properties.message_id for m in broker.queue("jobs").unacked] == ["slow"],
+                    "five handled and acked, one in flight")
         assert [m.properties.message_id for m in broker.queue("jobs").unacked] == ["slow"]
 
         broker.drop_connections()  # the slow one's ack can never arrive: it is requeued
