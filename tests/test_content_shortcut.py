@@ -125,6 +125,43 @@ def test_shortcut_behaves_as_frame_by_frame(dialect: Dialect) -> None:
     assert CountingShortcut.taken > CASES // 2  # the shortcut was really exercised
 
 
+def observe_read_on(core: Connection, parts: list[bytes]) -> list[Any]:
+    """As `observe`, but every part is received before any is decoded (as when the
+    adapter reads on from a busy socket: the decoder holds several pieces)."""
+    for part in parts[:-1]:
+        core.receive_data(part)
+    return observe(core, parts[-1:])
+
+
+@pytest.mark.parametrize("dialect", [spec.DIALECT, spec_0_8.DIALECT], ids=["0-9-1", "0-8"])
+def test_shortcut_over_several_received_pieces_behaves_as_frame_by_frame(
+        dialect: Dialect) -> None:
+    rng = random.Random(SEED + 1)
+    CountingShortcut.taken = 0
+    for case in range(CASES // 2):
+        data = stream(rng, dialect)
+        if case % 3:
+            data = mutate(rng, data, [delivery(dialect, 1, 99, b"spliced")])
+        parts = chunks(rng, data)
+        fast, _ = consuming_core(dialect, shortcut=True)
+        slow, _ = consuming_core(dialect, shortcut=False)
+        assert observe_read_on(fast, parts) == observe_read_on(slow, parts), (case, parts)
+    assert CountingShortcut.taken > CASES // 6
+
+
+def test_shortcut_takes_a_delivery_from_the_next_received_piece() -> None:
+    dec = FrameDecoder(spec.DIALECT)
+    props = spec.BasicProperties(message_id="m")
+    data = delivery(spec.DIALECT, 1, 1, b"hello", props)
+    method_len = len(encode_method(1, spec.Basic.Deliver("c1", 1, False, "ex", "rk")))
+    dec.receive_data(data[:method_len])  # a read that ends with the method frame
+    dec.receive_data(data[method_len:])  # and the next one, received before decoding
+    assert dec.next_frame().method.NAME == "basic.deliver"  # type: ignore[union-attr]
+    assert dec.next_content(1, 60) == (props, b"hello")
+    assert dec.buffered == 0
+    assert dec.next_frame() is NEED_DATA
+
+
 def test_shortcut_takes_a_whole_delivery_and_leaves_the_next_frame() -> None:
     dec = FrameDecoder(spec.DIALECT)
     props = spec.BasicProperties(content_type="a/b", headers={"k": 1})

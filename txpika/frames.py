@@ -330,16 +330,22 @@ class FrameDecoder:
     def next_content(self, channel: int, class_id: int) -> tuple[Properties, bytes] | None:
         """The content header and body that follow a content method on ``channel``, when
         both are already here whole and well-formed: the properties and the body (of at
-        most `STREAM_MIN` octets, in one frame). Otherwise None, and nothing is consumed:
-        `next_frame` then decodes those frames one by one, and reports what is wrong.
+        most `STREAM_MIN` octets, in one frame), when they lie in the piece of received
+        bytes being decoded. Otherwise None, and nothing is consumed: `next_frame` then
+        decodes those frames one by one (joining pieces), and reports what is wrong.
 
         A shortcut for the usual delivery, which takes three frames in one go.
         """
-        if self._body_left >= 0 or self._extra or self._error is not None:
+        if self._body_left >= 0 or self._error is not None:
             return None
         buf = self._buf
         pos = self._pos
         end = len(buf)
+        if pos >= end and self._extra:  # the method frame ended a piece: go on in the next
+            buf = self._buf = self._extra.pop(0)
+            self._extra_len -= len(buf)
+            pos = self._pos = 0
+            end = len(buf)
         if end - pos < 30:  # header frame (22 octets at least) and body frame header
             return None
         kind, chan, size, klass, weight, body_size = _HEADER_FRAME.unpack_from(buf, pos)
