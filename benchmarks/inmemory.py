@@ -13,12 +13,18 @@ the adapter or the channel layer costs. Read them beside throughput.py's, never 
 Scenarios: consume (a callback that acks), consume-await (``await consumer.get()`` and
 ``await message.ack()`` in a coroutine), consume-yield (the same with inlineCallbacks),
 publish-await (``await ch.basic_publish(...)`` in a coroutine, no confirms), rpc (a publish,
-then its reply delivered to a callback consumer, per round trip).
+then its reply delivered to a callback consumer, per round trip); rpc-cold and
+rpc-floor-cold (the rpc round trip of txpika and of throughput.py's ``twisted-floor``
+reference, each with 1 MiB of CPU cache evicted before it: a real RPC client sleeps in epoll
+between round trips and wakes to cold caches, which is most of what separates the two rows
+of throughput.py); idiom-await and idiom-yield (the Deferred machinery alone of the pulled
+idioms, two fired Deferreds awaited or yielded per message, no AMQP).
 """
 
 from __future__ import annotations
 
 import argparse
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -28,12 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks  # noqa: E402
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, succeed  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 from txpika import spec  # noqa: E402
-from txpika.frames import encode_body, encode_header, encode_method  # noqa: E402
+from txpika.frames import encode_body, encode_content, encode_header, encode_method  # noqa: E402
 from txpika.protocol import AMQPProtocol  # noqa: E402
 
 BODY = b"x" * 128
@@ -197,12 +203,124 @@ def rpc(count: int) -> float:
     return time.process_time() - started
 
 
+def idiom_await(count: int) -> float:
+    """The Deferred machinery alone of the consume-await idiom, no AMQP: per message one
+    fired Deferred awaited for ``get()`` and one for ``ack()`` (what any client whose
+    ``get()`` and ``ack()`` return Deferreds costs in that loop)."""
+    async def loop() -> None:
+        for _ in range(count):
+            await succeed(BODY)
+            await succeed(None)
+
+    started = time.process_time()
+    ensureDeferred(loop())
+    return time.process_time() - started
+
+
+def idiom_yield(count: int) -> float:
+    """As `idiom_await`, yielded in inlineCallbacks (consume-yield's machinery)."""
+    @inlineCallbacks
+    def loop() -> Any:
+        for _ in range(count):
+            yield succeed(BODY)
+            yield succeed(None)
+
+    started = time.process_time()
+    loop()
+    return time.process_time() - started
+
+
+#: What a cold round trip finds evicted: 1 MiB, half this machine's L2 (see `_evict`).
+EVICT = 1 << 20
+_junk = [bytearray(EVICT), bytes(EVICT)]
+
+
+def _evict() -> None:
+    """Push txpika's and Twisted's code and data out of the CPU caches, as a process
+    sleeping in epoll between round trips finds them when it wakes (the broker, the RPC
+    server and the kernel ran in between): copy 1 MiB (a memcpy, not timed)."""
+    _junk[0][:] = _junk[1]
+
+
+def _request_and_replies(count: int) -> tuple[bytes, list[bytes]]:
+    reply_props = spec.BasicProperties(correlation_id="1")
+    replies = [encode_method(1, spec.Basic.Deliver("ctag", n, False, "", "rq"))
+               + encode_header(1, len(BODY), reply_props)
+               + b"".join(bytes(p) for p in encode_body(1, BODY))
+               for n in range(1, count + 1)]
+    request = b"".join(bytes(p) for p in encode_content(
+        1, spec.Basic.Publish(0, "", "rpc"), spec.BasicProperties(reply_to="rq"), BODY, 0))
+    return request, replies
+
+
+def rpc_cold(count: int) -> float:
+    """rpc with the caches evicted before each round trip (only the round trip is timed):
+    what a real RPC client pays per round trip, read beside `rpc_floor_cold`."""
+    h = Harness()
+    waiting: list[Deferred[None]] = []
+
+    def replied(message: Any) -> None:
+        waiting.pop().callback(None)
+
+    h.consumer(replied, auto_ack=True)
+    _, replies = _request_and_replies(count)
+    ch = h.channel
+    took = 0.0
+    for data in replies:
+        _evict()
+        started = time.process_time()
+        d: Deferred[None] = Deferred()
+        waiting.append(d)
+        ch.basic_publish("", "rpc", BODY, spec.BasicProperties(reply_to="rq"))
+        h.feed(data)
+        h.transport.clear()
+        _result(d)
+        took += time.process_time() - started
+    return took
+
+
+def rpc_floor_cold(count: int) -> float:
+    """The in-memory twin of throughput.py's ``twisted-floor`` row, cold as `rpc_cold`:
+    a pre-encoded request written, the reply's frames split (not decoded), a Deferred
+    fired per round trip."""
+    h = Harness()
+    request, replies = _request_and_replies(count)
+    waiting: list[Deferred[None]] = []
+    header = struct.Struct(">BHI")
+
+    def data_received(data: bytes) -> None:
+        pos = 0
+        while len(data) - pos >= 7:
+            kind, _, size = header.unpack_from(data, pos)
+            pos += size + 8
+            if kind == 3:
+                waiting.pop().callback(None)
+
+    write = h.transport.write
+    took = 0.0
+    for data in replies:
+        _evict()
+        started = time.process_time()
+        d: Deferred[None] = Deferred()
+        waiting.append(d)
+        write(request)
+        data_received(data)
+        h.transport.clear()
+        _result(d)
+        took += time.process_time() - started
+    return took
+
+
 SCENARIOS: dict[str, tuple[Callable[[int], float], int]] = {
     "consume": (consume, 50_000),
     "consume-await": (consume_await, 50_000),
     "consume-yield": (consume_yield, 50_000),
     "publish-await": (publish_await, 50_000),
     "rpc": (rpc, 20_000),
+    "rpc-cold": (rpc_cold, 5_000),
+    "idiom-await": (idiom_await, 50_000),
+    "idiom-yield": (idiom_yield, 50_000),
+    "rpc-floor-cold": (rpc_floor_cold, 5_000),
 }
 
 
