@@ -125,6 +125,28 @@ def small_bodies(count: int, size: int) -> list[bytes]:
     return [small_body(i, size) for i in range(count)]
 
 
+#: Callbacks per chain in the publish-chain idiom (see `chained`).
+CHAIN_LINK = 1_000
+
+
+async def chained(step: Any, items: list[Any], link: int = CHAIN_LINK) -> None:
+    """The publish-chain idiom: ``step(result, item)`` run for each item as a callback of
+    the previous step's Deferred, on one chain per ``link`` items, one chain after the
+    other. Twisted runs a chain without recursion, waiting wherever a returned Deferred
+    has not fired. Chains are kept to ``link`` callbacks because ``Deferred._runCallbacks``
+    takes each callback from the front of a list: a chain of N callbacks costs O(N**2),
+    about 6 us per callback at 100,000 and 1 us at 1,000 (Twisted 26.10), which would
+    measure Twisted's list rather than the client."""
+    from twisted.internet.defer import Deferred
+
+    for start in range(0, len(items), link):
+        chain: Deferred[Any] = Deferred()
+        for item in items[start:start + link]:
+            chain.addCallback(step, item)
+        chain.callback(None)
+        await chain
+
+
 class BigBodies:
     """Distinct large bodies made one at a time (so a client that keeps references to
     bodies it already sent shows it in its RSS): an 8-byte index, then a fixed pattern.

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from peers._common import Meter, Params, Stalled, Tally, small_bodies, twisted_main, until, watch
+from peers._common import (
+    Meter,
+    Params,
+    Stalled,
+    Tally,
+    chained,
+    small_bodies,
+    twisted_main,
+    until,
+    watch,
+)
 from peers.run_pika_twisted import _close, _connect
 
 
@@ -56,8 +66,6 @@ async def publish_yield(p: Params, meter: Meter) -> dict[str, Any]:
 
 
 async def publish_chain(p: Params, meter: Meter) -> dict[str, Any]:
-    from twisted.internet.defer import Deferred
-
     conn = await _connect(p)
     ch = await conn.channel()
     bodies = small_bodies(p.count, p.size)
@@ -68,11 +76,7 @@ async def publish_chain(p: Params, meter: Meter) -> dict[str, Any]:
         return basic_publish("", queue, body)
 
     meter.start()
-    chain: Deferred[Any] = Deferred()
-    for body in bodies:
-        chain.addCallback(publish_next, body)
-    chain.callback(None)
-    await chain
+    await chained(publish_next, bodies)
     await ch.queue_declare(queue=queue, passive=True)
     meter.stop()
     await _close(conn)

@@ -13,7 +13,17 @@ from typing import Any
 
 from txamqp.content import Content
 
-from peers._common import Meter, Params, Stalled, Tally, small_bodies, twisted_main, until, watch
+from peers._common import (
+    Meter,
+    Params,
+    Stalled,
+    Tally,
+    chained,
+    small_bodies,
+    twisted_main,
+    until,
+    watch,
+)
 from peers.run_txamqp import _channel, _close, _connect
 
 
@@ -53,8 +63,6 @@ async def publish_yield(p: Params, meter: Meter) -> dict[str, Any]:
 
 
 async def publish_chain(p: Params, meter: Meter) -> dict[str, Any]:
-    from twisted.internet.defer import Deferred
-
     conn, _delegate = await _connect(p)
     ch = await _channel(conn, 1)
     bodies = small_bodies(p.count, p.size)
@@ -65,11 +73,7 @@ async def publish_chain(p: Params, meter: Meter) -> dict[str, Any]:
         return basic_publish(exchange="", routing_key=queue, content=Content(body))
 
     meter.start()
-    chain: Deferred[Any] = Deferred()
-    for body in bodies:
-        chain.addCallback(publish_next, body)
-    chain.callback(None)
-    await chain
+    await chained(publish_next, bodies)
     await ch.queue_declare(queue=queue, passive=True)
     meter.stop()
     await _close(conn)

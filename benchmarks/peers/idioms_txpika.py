@@ -16,6 +16,7 @@ from peers._common import (
     Params,
     Stalled,
     Tally,
+    chained,
     small_bodies,
     twisted_main,
     until,
@@ -66,11 +67,8 @@ async def publish_yield(p: Params, meter: Meter) -> dict[str, Any]:
 
 
 async def publish_chain(p: Params, meter: Meter) -> dict[str, Any]:
-    """Each publish made in a callback of the previous publish's Deferred: one chain of
-    callbacks, each returning the next publish's Deferred (Twisted runs such a chain
-    without recursion, waiting wherever a returned Deferred has not fired)."""
-    from twisted.internet.defer import Deferred
-
+    """Each publish made in a callback of the previous publish's Deferred, each callback
+    returning the next publish's Deferred (`peers._common.chained`: chains of 1,000)."""
     conn, ch = await _connect(p)
     bodies = small_bodies(p.count, p.size)
     queue = p.queue
@@ -80,11 +78,7 @@ async def publish_chain(p: Params, meter: Meter) -> dict[str, Any]:
         return basic_publish("", queue, body)
 
     meter.start()
-    chain: Deferred[Any] = Deferred()
-    for body in bodies:
-        chain.addCallback(publish_next, body)
-    chain.callback(None)
-    await chain
+    await chained(publish_next, bodies)
     await ch.queue_declare(queue, passive=True, timeout=p.stall)
     meter.stop()
     await conn.close()
