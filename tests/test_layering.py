@@ -323,6 +323,7 @@ LAYER_OF: dict[str, str] = {
     "txpika.blocking._log": "blocking",
     "txpika.blocking._connection": "blocking",
     "txpika.blocking._api": "blocking",
+    "txpika.blocking._publishing": "blocking",
     # the asyncio adapter (a sibling of the Twisted and blocking ones)
     "txpika.aio": "aio",
     "txpika.aio._log": "aio",

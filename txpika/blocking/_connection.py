@@ -1,9 +1,10 @@
 """The blocking connection's own methods: opening, state, servicing, closing.
 
 `ConnectionBase` is the base of `txpika.blocking.BlockingConnection` (in
-`txpika.blocking._api`, which adds ``channel()``); the socket loop is
-`txpika.blocking._io.SocketLoop`, and the events go through the same session and channel
-books as every other adapter (`txpika._session`).
+`txpika.blocking._api`, which adds ``channel()``; its channels publish through
+`txpika.blocking._publishing`); the socket loop is `txpika.blocking._io.SocketLoop`, and
+the events go through the same session and channel books as every other adapter
+(`txpika._session`).
 """
 
 from __future__ import annotations
