@@ -23,6 +23,7 @@ from twistedsim import (
 )
 
 from txpika import spec
+from txpika._consumer import WAKE_AT
 from txpika.channel import Channel, Consumer, Message
 from txpika.errors import (
     ChannelClosedByClient,
@@ -32,6 +33,7 @@ from txpika.errors import (
     NotFound,
     UsageError,
 )
+from txpika.frames import encode_body, encode_header, encode_method
 from txpika.parameters import ConnectionParameters
 
 m = spec
@@ -170,6 +172,45 @@ def test_get_before_and_after_delivery(h: Harness, ch: Channel) -> None:
     assert success(consumer.get()).body == b"c"
     no_result(consumer.get())
     h.broker.expect_nothing()
+
+
+def _one_read(first: int, count: int) -> bytes:
+    """``count`` deliveries to consumer "ctag" on channel 1, as the bytes of one read."""
+    return b"".join(
+        encode_method(1, m.Basic.Deliver("ctag", tag, False, "ex", "rk"))
+        + encode_header(1, 1, m.BasicProperties())
+        + b"".join(bytes(piece) for piece in encode_body(1, b"%d" % (tag % 10)))
+        for tag in range(first, first + count))
+
+
+@pytest.mark.parametrize("count,groups", [
+    (WAKE_AT * 3 + 5, [WAKE_AT, WAKE_AT, WAKE_AT, 5]),
+    (WAKE_AT, [WAKE_AT]),
+    (WAKE_AT - 1, [WAKE_AT - 1]),
+    (1, [1]),
+])
+def test_a_waiting_get_is_answered_per_group_of_a_read(h: Harness, ch: Channel, count: int,
+                                                       groups: list[int]) -> None:
+    """A waiting get() is answered once WAKE_AT messages of a read are in, or at the end of
+    the read if fewer come: the code it resumes takes what is buffered in one go, and the
+    rest of a large read does not pile up first. Every message comes once, in order."""
+    consumer = _consume(h, ch)
+    seen: list[list[int]] = []
+
+    def taken(message: Message) -> None:
+        group = [message.delivery_tag]
+        while True:  # what the resumed code finds already in the buffer
+            d = consumer.get()
+            if not d.called:
+                break
+            group.append(success(d).delivery_tag)
+        seen.append(group)
+        d.addCallback(taken)
+
+    consumer.get().addCallback(taken)
+    h.protocol.dataReceived(_one_read(1, count))
+    assert [len(group) for group in seen] == groups
+    assert [tag for group in seen for tag in group] == list(range(1, count + 1))
 
 
 def test_cancelled_get_does_not_eat_a_message(h: Harness, ch: Channel) -> None:
