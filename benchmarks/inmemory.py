@@ -265,14 +265,26 @@ def rpc_cold(count: int) -> float:
     h.consumer(replied, auto_ack=True)
     _, replies = _request_and_replies(count)
     ch = h.channel
+
+    def request() -> None:
+        ch.basic_publish("", "rpc", BODY, spec.BasicProperties(reply_to="rq"))
+
+    return _cold_round_trips(h, replies, waiting, request, h.feed)
+
+
+def _cold_round_trips(h: Harness, replies: list[bytes], waiting: list[Deferred[None]],
+                      request: Callable[[], object], reply: Callable[[bytes], object]
+                      ) -> float:
+    """The CPU time of the round trips, each after `_evict`: a Deferred to wait on,
+    ``request()``, then ``reply(data)``, which fires it."""
     took = 0.0
     for data in replies:
         _evict()
         started = time.process_time()
         d: Deferred[None] = Deferred()
         waiting.append(d)
-        ch.basic_publish("", "rpc", BODY, spec.BasicProperties(reply_to="rq"))
-        h.feed(data)
+        request()
+        reply(data)
         h.transport.clear()
         _result(d)
         took += time.process_time() - started
@@ -297,18 +309,7 @@ def rpc_floor_cold(count: int) -> float:
                 waiting.pop().callback(None)
 
     write = h.transport.write
-    took = 0.0
-    for data in replies:
-        _evict()
-        started = time.process_time()
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        write(request)
-        data_received(data)
-        h.transport.clear()
-        _result(d)
-        took += time.process_time() - started
-    return took
+    return _cold_round_trips(h, replies, waiting, lambda: write(request), data_received)
 
 
 SCENARIOS: dict[str, tuple[Callable[[int], float], int]] = {
