@@ -234,7 +234,8 @@ class ChannelBook:
                 properties: Properties | None, mandatory: bool) -> int:
         """Queue the message in the core; its sequence number in confirm mode, else 0.
         The caller flushes (publishes are written in batches)."""
-        self.check_open()
+        if self.error is not None:  # (check_open, inline: this is the hot path)
+            raise self.error
         return self.core.basic_publish(self.number, exchange, routing_key, body, properties,
                                        mandatory)
 

@@ -73,6 +73,7 @@ class CoreChannel:
 
     __slots__ = (
         "_decoder",
+        "_deliver",
         "_dialect",
         "_events",
         "_fail",
@@ -109,6 +110,7 @@ class CoreChannel:
         self._fail = fail
         self._decoder = decoder
         self._handlers, self._reply_states = _tables_for(dialect)
+        self._deliver: type[Method] = dialect.module.Basic.Deliver
         self.awaiting: Method | None = None
         self.queue: deque[Method] = deque()
         self.flow_active = True
@@ -183,6 +185,12 @@ class CoreChannel:
     def receive(self, frame: Any) -> None:
         """A frame for this channel. Leaves `state` CLOSED once the channel is gone."""
         state = self.state
+        if (state is _OPEN and frame.__class__ is MethodFrame and self.content is None
+                and frame.method.__class__ is self._deliver):
+            # The commonest frame, a delivery on an open channel, without the general
+            # checks below: it is what the table says, (OPEN, basic.deliver) -> content.
+            self._start_content(frame.method)
+            return
         if state is _CLOSING:
             self._receive_closing(frame)
             return

@@ -145,7 +145,12 @@ class Session:
             event = next_event()
             if event is NEED_DATA:
                 return
-            route(event)
+            if type(event) is _MESSAGE:  # (route's first case, inline: the commonest)
+                book = self.books.get(event.channel)
+                if book is not None:
+                    book.message(event.method, event.properties, event.body)
+            else:
+                route(event)
 
     def route(self, event: Any) -> None:
         """Route one event of the core."""
