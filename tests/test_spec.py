@@ -511,6 +511,27 @@ def check_basic_properties_round_trip(module: types.ModuleType, data: st.DataObj
         3, 60, body_size, props)
 
 
+@pytest.mark.parametrize("props_cls", [spec.BasicProperties, spec_0_8.BasicProperties,
+                                       spec_0_8.FileProperties, spec_0_8.StreamProperties,
+                                       spec_0_8.TunnelProperties])
+def test_no_property_at_all_decodes_to_a_frozen_empty_instance(props_cls: Any) -> None:
+    # The decoder may hand out one shared instance for "no property": safe only because
+    # properties are frozen.
+    first, offset = props_cls.decode(b"\x00\x00rest", 0)
+    second, _ = props_cls.decode(b"\x00\x00", 0)
+    assert (first, offset) == (props_cls(), 2) and second == props_cls()
+    assert type(first) is props_cls
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.headers = {"changed": 1}
+    assert second.headers is None
+
+    class Mine(props_cls):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+    mine, _ = Mine.decode(b"\x00\x00", 0)
+    assert type(mine) is Mine and mine == Mine()
+
+
 @settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_0_8_other_properties_round_trip(data: st.DataObject) -> None:

@@ -591,6 +591,8 @@ def generate(dialect: str) -> str:
         glob = "_" + path.replace(".", "_")
         w(f"{glob} = {path}")
         w(f"{glob}_T = _twin({path})")
+    for _cid, pname in props_classes:
+        w(f"_{pname}_EMPTY = {pname}()  # what decode returns for no property at all")
     w()
     w("METHODS: dict[int, type[Method]] = {")
     for _full, index, path in method_index:
@@ -729,6 +731,10 @@ def emit_properties(body: Writer, pname: str, cls: dict[str, Any],
     body("offset += 2", 3)
     body(f"if flags & {(1 << (16 - len(pfields))) - 1:#06x}:", 3)
     body("_bad_flags(flags)", 4)
+    # No property at all (many messages have none): the one shared empty instance, which
+    # being frozen can be shared; a subclass went through _decode_as above.
+    body("if not flags:", 3)
+    body(f"return _{pname}_EMPTY, offset", 4)
     kinds = dict(pfields)
     tail = len(pfields) - 4 if len(pfields) > 5 else len(pfields)
 

@@ -3503,6 +3503,8 @@ class BasicProperties(Properties):
             offset += 2
             if flags & 0x0003:
                 _bad_flags(flags)
+            if not flags:
+                return _BasicProperties_EMPTY, offset
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:
@@ -3924,6 +3926,7 @@ _BasicProperties = BasicProperties
 _BasicProperties_T = _twin(BasicProperties)
 _Confirm_Select = Confirm.Select
 _Confirm_Select_T = _twin(Confirm.Select)
+_BasicProperties_EMPTY = BasicProperties()  # what decode returns for no property at all
 
 METHODS: dict[int, type[Method]] = {
     0x000a000a: Connection.Start,

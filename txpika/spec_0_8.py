@@ -3191,6 +3191,8 @@ class BasicProperties(Properties):
             offset += 2
             if flags & 0x0003:
                 _bad_flags(flags)
+            if not flags:
+                return _BasicProperties_EMPTY, offset
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:
@@ -4305,6 +4307,8 @@ class FileProperties(Properties):
             offset += 2
             if flags & 0x007f:
                 _bad_flags(flags)
+            if not flags:
+                return _FileProperties_EMPTY, offset
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:
@@ -5066,6 +5070,8 @@ class StreamProperties(Properties):
             offset += 2
             if flags & 0x07ff:
                 _bad_flags(flags)
+            if not flags:
+                return _StreamProperties_EMPTY, offset
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:
@@ -5515,6 +5521,8 @@ class TunnelProperties(Properties):
             offset += 2
             if flags & 0x07ff:
                 _bad_flags(flags)
+            if not flags:
+                return _TunnelProperties_EMPTY, offset
             if flags & 0x8000:
                 obj.headers, offset = _decode_table(data, offset, len(data), 1)
             else:
@@ -6111,6 +6119,10 @@ _Test_TableOk = Test.TableOk
 _Test_TableOk_T = _twin(Test.TableOk)
 _Test_ContentOk = Test.ContentOk
 _Test_ContentOk_T = _twin(Test.ContentOk)
+_BasicProperties_EMPTY = BasicProperties()  # what decode returns for no property at all
+_FileProperties_EMPTY = FileProperties()  # what decode returns for no property at all
+_StreamProperties_EMPTY = StreamProperties()  # what decode returns for no property at all
+_TunnelProperties_EMPTY = TunnelProperties()  # what decode returns for no property at all
 
 METHODS: dict[int, type[Method]] = {
     0x000a000a: Connection.Start,
