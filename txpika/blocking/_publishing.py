@@ -3,7 +3,8 @@ the broker's confirms and for flow control.
 
 `Publishing` is a base class of `txpika.blocking.BlockingChannel`; it reaches the channel
 book (`txpika._chanbook.ChannelBook`) and the connection through the attributes the
-channel sets, and holds the connection's lock only while it hands a publish to the book.
+channel sets, and holds the connection's lock while it hands a publish to the book and
+writes it, never while it waits for a confirm or for the broker to let publishers go on.
 """
 
 from __future__ import annotations
