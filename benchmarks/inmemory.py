@@ -185,11 +185,7 @@ def rpc(count: int) -> float:
         waiting.pop().callback(None)
 
     h.consumer(replied, auto_ack=True)  # auto-acked replies, as an RPC client's are
-    reply_props = spec.BasicProperties(correlation_id="1")
-    replies = [encode_method(1, spec.Basic.Deliver("ctag", n, False, "", "rq"))
-               + encode_header(1, len(BODY), reply_props)
-               + b"".join(bytes(p) for p in encode_body(1, BODY))
-               for n in range(1, count + 1)]
+    _, replies = _request_and_replies(count)
     ch = h.channel
     request_props = spec.BasicProperties(reply_to="rq", correlation_id="1")
     started = time.process_time()
@@ -243,6 +239,7 @@ def _evict() -> None:
 
 
 def _request_and_replies(count: int) -> tuple[bytes, list[bytes]]:
+    """A request as bytes (for the floor) and ``count`` replies, a delivery each."""
     reply_props = spec.BasicProperties(correlation_id="1")
     replies = [encode_method(1, spec.Basic.Deliver("ctag", n, False, "", "rq"))
                + encode_header(1, len(BODY), reply_props)

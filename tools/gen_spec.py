@@ -372,11 +372,12 @@ def emit_new(w: Writer, path: str, params: list[str], names: list[str], ind: int
     w("return obj", ind + 1)
 
 
-def emit_decode_head(w: Writer, path: str, ind: int) -> None:
+def emit_decode_head(w: Writer, path: str, ind: int, create: bool = True) -> None:
     glob = "_" + path.replace(".", "_")
     w(f"if cls is not {glob}:", ind)
     w(f"return _decode_as(cls, {glob}, data, offset)", ind + 1)
-    w(f"obj = _new({glob}_T)", ind)
+    if create:
+        w(f"obj = _new({glob}_T)", ind)
 
 
 def emit_decode_tail(w: Writer, what: str, ind: int, check_end: bool = True) -> None:
@@ -725,7 +726,7 @@ def emit_properties(body: Writer, pname: str, cls: dict[str, Any],
     body()
     body("@classmethod", 1)
     body(f"def decode(cls, data: bytes, offset: int) -> tuple[{pname}, int]:", 1)
-    emit_decode_head(body, pname, 2)
+    emit_decode_head(body, pname, 2, create=False)
     body("try:", 2)
     body("flags = data[offset] << 8 | data[offset + 1]", 3)
     body("offset += 2", 3)
@@ -735,6 +736,7 @@ def emit_properties(body: Writer, pname: str, cls: dict[str, Any],
     # being frozen can be shared; a subclass went through _decode_as above.
     body("if not flags:", 3)
     body(f"return _{pname}_EMPTY, offset", 4)
+    body(f"obj = _new(_{pname}_T)", 3)
     kinds = dict(pfields)
     tail = len(pfields) - 4 if len(pfields) > 5 else len(pfields)
 

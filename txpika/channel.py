@@ -39,6 +39,7 @@ _Args = Mapping[str, Any] | None
 #: What `Channel._queue` returns for a publish held while the transport pushes back.
 _HELD = -1
 
+
 class Message(DeferredSettling):
     """A message the broker delivered (``basic.deliver``), fetched (``basic.get-ok``) or
     returned (``basic.return``); see `txpika.message.DeferredSettling` for ``ack``,

@@ -3497,7 +3497,6 @@ class BasicProperties(Properties):
     def decode(cls, data: bytes, offset: int) -> tuple[BasicProperties, int]:
         if cls is not _BasicProperties:
             return _decode_as(cls, _BasicProperties, data, offset)
-        obj = _new(_BasicProperties_T)
         try:
             flags = data[offset] << 8 | data[offset + 1]
             offset += 2
@@ -3505,6 +3504,7 @@ class BasicProperties(Properties):
                 _bad_flags(flags)
             if not flags:
                 return _BasicProperties_EMPTY, offset
+            obj = _new(_BasicProperties_T)
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:

@@ -3185,7 +3185,6 @@ class BasicProperties(Properties):
     def decode(cls, data: bytes, offset: int) -> tuple[BasicProperties, int]:
         if cls is not _BasicProperties:
             return _decode_as(cls, _BasicProperties, data, offset)
-        obj = _new(_BasicProperties_T)
         try:
             flags = data[offset] << 8 | data[offset + 1]
             offset += 2
@@ -3193,6 +3192,7 @@ class BasicProperties(Properties):
                 _bad_flags(flags)
             if not flags:
                 return _BasicProperties_EMPTY, offset
+            obj = _new(_BasicProperties_T)
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:
@@ -4301,7 +4301,6 @@ class FileProperties(Properties):
     def decode(cls, data: bytes, offset: int) -> tuple[FileProperties, int]:
         if cls is not _FileProperties:
             return _decode_as(cls, _FileProperties, data, offset)
-        obj = _new(_FileProperties_T)
         try:
             flags = data[offset] << 8 | data[offset + 1]
             offset += 2
@@ -4309,6 +4308,7 @@ class FileProperties(Properties):
                 _bad_flags(flags)
             if not flags:
                 return _FileProperties_EMPTY, offset
+            obj = _new(_FileProperties_T)
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:
@@ -5064,7 +5064,6 @@ class StreamProperties(Properties):
     def decode(cls, data: bytes, offset: int) -> tuple[StreamProperties, int]:
         if cls is not _StreamProperties:
             return _decode_as(cls, _StreamProperties, data, offset)
-        obj = _new(_StreamProperties_T)
         try:
             flags = data[offset] << 8 | data[offset + 1]
             offset += 2
@@ -5072,6 +5071,7 @@ class StreamProperties(Properties):
                 _bad_flags(flags)
             if not flags:
                 return _StreamProperties_EMPTY, offset
+            obj = _new(_StreamProperties_T)
             if flags & 0x8000:
                 end = offset + 1 + data[offset]
                 try:
@@ -5515,7 +5515,6 @@ class TunnelProperties(Properties):
     def decode(cls, data: bytes, offset: int) -> tuple[TunnelProperties, int]:
         if cls is not _TunnelProperties:
             return _decode_as(cls, _TunnelProperties, data, offset)
-        obj = _new(_TunnelProperties_T)
         try:
             flags = data[offset] << 8 | data[offset + 1]
             offset += 2
@@ -5523,6 +5522,7 @@ class TunnelProperties(Properties):
                 _bad_flags(flags)
             if not flags:
                 return _TunnelProperties_EMPTY, offset
+            obj = _new(_TunnelProperties_T)
             if flags & 0x8000:
                 obj.headers, offset = _decode_table(data, offset, len(data), 1)
             else:
